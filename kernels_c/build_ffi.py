@@ -1,0 +1,51 @@
+"""cffi build script for `quantize_cli._kernels` (API mode), run by setup.py's cffi_modules.
+
+The cdef mirrors the public part of qkernels.h. Flags: -ffp-contract=off so that no compiler fuses
+a*b+c (ggml's x86-64 reference has no FMA), and never -ffast-math (it reorders sums): the bytes
+must not depend on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCES = ["api.c", "convert.c", "legacy.c", "kquants.c", "search.c"]
+
+CDEF = """
+int64_t qk_quantize(int type, const float *src, int64_t n_rows, int64_t n_per_row,
+                    const float *imatrix, void *dst, int64_t dst_bytes);
+int64_t qk_dequantize(int type, const void *src, int64_t n_rows, int64_t n_per_row,
+                      float *dst, int64_t dst_count);
+int64_t qk_block_size(int type);
+int64_t qk_type_size(int type);
+static const int QK_ERR_TYPE, QK_ERR_SHAPE, QK_ERR_NULL, QK_ERR_CAPACITY;
+"""
+
+
+def _compile_args() -> list[str]:
+    if sys.platform == "win32":
+        return ["/O2", "/fp:precise"]
+    return ["-std=c11", "-O3", "-ffp-contract=off", "-fno-fast-math"]
+
+
+def _relative(name: str) -> str:
+    # setuptools wants source paths relative to the project root it runs from.
+    return os.path.relpath(os.path.join(HERE, name))
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source(
+    "quantize_cli._kernels",
+    '#include "qkernels.h"\n',
+    sources=[_relative(name) for name in SOURCES],
+    include_dirs=[_relative(".")],
+    extra_compile_args=_compile_args(),
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

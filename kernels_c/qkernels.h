@@ -1,0 +1,180 @@
+/* qkernels: scalar reference quantizers and dequantizers, byte-compatible with ggml.
+ *
+ * Public part (mirrored by the cdef in build_ffi.py): type ids, status codes, entry points.
+ * Internal part: block layouts, fp16/bf16 conversions, per-row kernels shared by the .c files.
+ *
+ * Bit-exactness: every kernel keeps ggml's float32 evaluation order (see the reference notes,
+ * sections 1-3). Build with -ffp-contract=off and never with -ffast-math; the checks below refuse
+ * builds that would evaluate float expressions in a wider type.
+ */
+#ifndef QKERNELS_H
+#define QKERNELS_H
+
+#include <float.h>
+#include <stdint.h>
+#include <string.h>
+
+/* ---- public ------------------------------------------------------------------------------- */
+
+/* Type ids are ggml's (gguf.GGMLQuantizationType). */
+enum {
+    QK_F32 = 0, QK_F16 = 1, QK_Q4_0 = 2, QK_Q4_1 = 3, QK_Q5_0 = 6, QK_Q5_1 = 7, QK_Q8_0 = 8,
+    QK_Q4_K = 12, QK_Q5_K = 13, QK_Q6_K = 14, QK_BF16 = 30,
+};
+
+/* Status codes: every entry point returns a count >= 0 or one of these. */
+enum {
+    QK_ERR_TYPE = -1,     /* type id not supported by these kernels */
+    QK_ERR_SHAPE = -2,    /* n_rows < 0, or n_per_row not a positive multiple of the block */
+    QK_ERR_NULL = -3,     /* a required pointer is NULL */
+    QK_ERR_CAPACITY = -4, /* the destination is smaller than the result */
+};
+
+/* Quantize n_rows rows of n_per_row floats into dst (row after row, no padding).
+ * imatrix: NULL, or n_per_row importance weights shared by all rows (ignored by F32/F16/BF16/Q8_0).
+ * Returns the bytes written, or a status. */
+int64_t qk_quantize(int type, const float *src, int64_t n_rows, int64_t n_per_row,
+                    const float *imatrix, void *dst, int64_t dst_bytes);
+
+/* Dequantize n_rows rows (as written by qk_quantize) into dst. F16/BF16 rows are widened exactly.
+ * Returns the floats written, or a status. */
+int64_t qk_dequantize(int type, const void *src, int64_t n_rows, int64_t n_per_row,
+                      float *dst, int64_t dst_count);
+
+int64_t qk_block_size(int type);  /* elements per block, or QK_ERR_TYPE */
+int64_t qk_type_size(int type);   /* bytes per block = sizeof the block struct, or QK_ERR_TYPE */
+
+/* ---- internal: float model ---------------------------------------------------------------- */
+
+#if !defined(FLT_EVAL_METHOD) || FLT_EVAL_METHOD != 0
+#error "qkernels needs float expressions evaluated in float32 (x87 excess precision changes bytes)"
+#endif
+#if defined(__FAST_MATH__)
+#error "qkernels must not be built with -ffast-math: it reorders sums and changes bytes"
+#endif
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "qkernels writes GGUF blocks in memory order, which must be little-endian"
+#endif
+
+#define QK_K 256
+
+/* ---- internal: block layouts (ggml-common.h; packed by construction, checked below) -------- */
+
+/* Q4_0, 4.5 bits/weight: value = (nibble - 8) * d; qs[j] = elem j | elem j+16 << 4 */
+typedef struct { uint16_t d; uint8_t qs[16]; } qk_block_q4_0;
+/* Q4_1, 5.0 bits/weight: value = nibble * d + m */
+typedef struct { uint16_t d, m; uint8_t qs[16]; } qk_block_q4_1;
+/* Q5_0, 5.5 bits/weight: value = (q5 - 16) * d; qh (LE uint32) bit j = bit 4 of elem j */
+typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[16]; } qk_block_q5_0;
+/* Q5_1, 6.0 bits/weight: value = q5 * d + m */
+typedef struct { uint16_t d, m; uint8_t qh[4]; uint8_t qs[16]; } qk_block_q5_1;
+/* Q8_0, 8.5 bits/weight: value = qs[j] * d */
+typedef struct { uint16_t d; int8_t qs[32]; } qk_block_q8_0;
+/* Q4_K, 4.5 bits/weight: 8 sub-blocks of 32, value = d*sc[s]*q - dmin*m[s]; 6-bit sc/m packed
+ * in scales[12]; qs[32c+l] = elem 64c+l | elem 64c+32+l << 4 */
+typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[128]; } qk_block_q4_K;
+/* Q5_K, 5.5 bits/weight: Q4_K plus qh[l] bit 2c (elem 64c+l) / bit 2c+1 (elem 64c+32+l) */
+typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qh[32]; uint8_t qs[128]; } qk_block_q5_K;
+/* Q6_K, 6.5625 bits/weight: 16 sub-blocks of 16, value = d * scales[s] * (q - 32) */
+typedef struct { uint8_t ql[128]; uint8_t qh[64]; int8_t scales[16]; uint16_t d; } qk_block_q6_K;
+
+_Static_assert(sizeof(qk_block_q4_0) == 2 + 16, "q4_0 block size");
+_Static_assert(sizeof(qk_block_q4_1) == 4 + 16, "q4_1 block size");
+_Static_assert(sizeof(qk_block_q5_0) == 2 + 4 + 16, "q5_0 block size");
+_Static_assert(sizeof(qk_block_q5_1) == 4 + 4 + 16, "q5_1 block size");
+_Static_assert(sizeof(qk_block_q8_0) == 2 + 32, "q8_0 block size");
+_Static_assert(sizeof(qk_block_q4_K) == 4 + 12 + QK_K / 2, "q4_K block size");
+_Static_assert(sizeof(qk_block_q5_K) == 4 + 12 + QK_K / 8 + QK_K / 2, "q5_K block size");
+_Static_assert(sizeof(qk_block_q6_K) == QK_K / 2 + QK_K / 4 + QK_K / 16 + 2, "q6_K block size");
+_Static_assert(sizeof(float) == 4 && sizeof(uint16_t) == 2, "float32 and binary16 storage");
+
+/* ---- internal: scalar conversions ---------------------------------------------------------- */
+
+static inline uint32_t qk_f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline float qk_f32_from_bits(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+
+/* float32 -> binary16, round to nearest even; overflow -> inf; NaN -> 0x7E00 | sign (as ggml). */
+static inline uint16_t qk_fp32_to_fp16(float f) {
+    const uint32_t x = qk_f32_bits(f);
+    const uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    const uint32_t ax = x & 0x7fffffffu;
+    if (ax > 0x7f800000u) return sign | 0x7e00u;
+    if (ax >= 0x477ff000u) return sign | 0x7c00u;           /* >= 65520 rounds to inf */
+    if (ax < 0x38800000u) {                                   /* below 2^-14: subnormal half */
+        /* Adding 0.5 leaves the float32 ulp at 2^-24, the half subnormal step: the addition
+         * itself rounds to nearest even; the carry into 2^-14 gives the smallest normal. */
+        const float v = qk_f32_from_bits(ax) + 0.5f;
+        return sign | (uint16_t)(qk_f32_bits(v) - 0x3f000000u);
+    }
+    const uint32_t r = (ax + 0x0fffu + ((ax >> 13) & 1u)) >> 13;   /* RNE on 13 dropped bits */
+    return sign | (uint16_t)(r - ((127u - 15u) << 10));
+}
+
+/* binary16 -> float32, exact; NaN payloads are kept and quieted (as ggml on x86-64). */
+static inline float qk_fp16_to_fp32(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    const uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0) {
+        const float v = (float)m * 0x1p-24f;
+        return qk_f32_from_bits(qk_f32_bits(v) | sign);
+    }
+    if (e == 31) return qk_f32_from_bits(sign | 0x7f800000u | (m << 13) | (m ? 0x400000u : 0));
+    return qk_f32_from_bits(sign | ((e + 112u) << 23) | (m << 13));
+}
+
+/* float32 -> bfloat16, round to nearest even; NaN -> top half | 0x40 (quiet), as ggml. */
+static inline uint16_t qk_fp32_to_bf16(float f) {
+    const uint32_t u = qk_f32_bits(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 64u);
+    return (uint16_t)((u + (0x7fffu + ((u >> 16) & 1u))) >> 16);
+}
+
+static inline float qk_bf16_to_fp32(uint16_t h) { return qk_f32_from_bits((uint32_t)h << 16); }
+
+/* RNE of a float32 with |f| <= 4194303 (ggml's nearest_int): adding 1.5*2^23 leaves the rounded
+ * integer in the low mantissa bits. Outside that range it returns ggml's same garbage. */
+static inline int qk_nearest_int(float f) {
+    const float v = f + 12582912.0f;
+    return (int)(qk_f32_bits(v) & 0x7fffffu) - 0x400000;
+}
+
+#define QK_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define QK_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+/* ---- internal: search helpers (search.c) --------------------------------------------------- */
+
+float qk_make_qx_quants(int n, int nmax, const float *x, int8_t *L, const float *qw);
+float qk_make_qkx_quants(int n, int nmax, const float *x, const float *w, uint8_t *L,
+                         float *the_min, float rmin, float rdelta, int nstep);
+float qk_make_qp_quants(int n, int nmax, const float *x, uint8_t *L, const float *w);
+
+/* ---- internal: per-row kernels (one row of n elements; imatrix may be NULL) --------------- */
+
+typedef void (*qk_quantize_row_fn)(const float *x, void *y, int64_t n, const float *imatrix);
+typedef void (*qk_dequantize_row_fn)(const void *x, float *y, int64_t n);
+
+void qk_quantize_row_f32(const float *x, void *y, int64_t n, const float *imatrix);
+void qk_quantize_row_f16(const float *x, void *y, int64_t n, const float *imatrix);
+void qk_quantize_row_bf16(const float *x, void *y, int64_t n, const float *imatrix);
+void qk_quantize_row_q4_0(const float *x, void *y, int64_t n, const float *imatrix);
+void qk_quantize_row_q4_1(const float *x, void *y, int64_t n, const float *imatrix);
+void qk_quantize_row_q5_0(const float *x, void *y, int64_t n, const float *imatrix);
+void qk_quantize_row_q5_1(const float *x, void *y, int64_t n, const float *imatrix);
+void qk_quantize_row_q8_0(const float *x, void *y, int64_t n, const float *imatrix);
+void qk_quantize_row_q4_K(const float *x, void *y, int64_t n, const float *imatrix);
+void qk_quantize_row_q5_K(const float *x, void *y, int64_t n, const float *imatrix);
+void qk_quantize_row_q6_K(const float *x, void *y, int64_t n, const float *imatrix);
+
+void qk_dequantize_row_f32(const void *x, float *y, int64_t n);
+void qk_dequantize_row_f16(const void *x, float *y, int64_t n);
+void qk_dequantize_row_bf16(const void *x, float *y, int64_t n);
+void qk_dequantize_row_q4_0(const void *x, float *y, int64_t n);
+void qk_dequantize_row_q4_1(const void *x, float *y, int64_t n);
+void qk_dequantize_row_q5_0(const void *x, float *y, int64_t n);
+void qk_dequantize_row_q5_1(const void *x, float *y, int64_t n);
+void qk_dequantize_row_q8_0(const void *x, float *y, int64_t n);
+void qk_dequantize_row_q4_K(const void *x, float *y, int64_t n);
+void qk_dequantize_row_q5_K(const void *x, float *y, int64_t n);
+void qk_dequantize_row_q6_K(const void *x, float *y, int64_t n);
+
+#endif

@@ -1,0 +1,3 @@
+from quantize_cli.cli import main
+
+main()
