@@ -42,10 +42,12 @@ FFN = 5632
 VOCAB = 32000
 HEAD_DIM = HIDDEN // HEADS
 
+Shape = tuple[int, ...]
 
-def tensor_shapes(layers: int) -> list[tuple[str, tuple[int, ...]]]:
+
+def tensor_shapes(layers: int) -> list[tuple[str, Shape]]:
     """Tensor names and shapes ([out, in] like torch) in state-dict order."""
-    shapes = [("model.embed_tokens.weight", (VOCAB, HIDDEN))]
+    shapes: list[tuple[str, Shape]] = [("model.embed_tokens.weight", (VOCAB, HIDDEN))]
     for i in range(layers):
         p = f"model.layers.{i}"
         shapes += [
@@ -100,12 +102,12 @@ def write_tensor(f, name: str, n: int, table: np.ndarray) -> None:  # type: igno
     rng = np.random.default_rng([SEED, seed])
     for start in range(0, n, SLAB):
         k = rng.integers(0, 1 << 16, size=min(SLAB, n - start), dtype=np.uint16)
-        f.write(memoryview(table[k]))
+        f.write(table[k].data)
 
 
-def plan_shards(shapes: list[tuple[str, tuple[int, ...]]]) -> list[list[tuple[str, tuple[int, ...]]]]:
+def plan_shards(shapes: list[tuple[str, Shape]]) -> list[list[tuple[str, Shape]]]:
     """Fill shards in state-dict order, starting a new one before MAX_SHARD_BYTES is passed."""
-    shards: list[list[tuple[str, tuple[int, ...]]]] = [[]]
+    shards: list[list[tuple[str, Shape]]] = [[]]
     size = 0
     for name, shape in shapes:
         nbytes = 2 * math.prod(shape)
@@ -117,7 +119,7 @@ def plan_shards(shapes: list[tuple[str, tuple[int, ...]]]) -> list[list[tuple[st
     return shards
 
 
-def write_shard(path: Path, tensors: list[tuple[str, tuple[int, ...]]], tables: dict[str, np.ndarray]) -> None:
+def write_shard(path: Path, tensors: list[tuple[str, Shape]], tables: dict[str, np.ndarray]) -> None:
     """One safetensors file: u64 LE header length, JSON header (space-padded to 8 bytes), data.
 
     Tensors are laid out in name order, like the safetensors library does for one dtype.

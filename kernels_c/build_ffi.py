@@ -3,6 +3,9 @@
 The cdef mirrors the public part of qkernels.h. Flags: -ffp-contract=off so that no compiler fuses
 a*b+c (ggml's x86-64 reference has no FMA), and never -ffast-math (it reorders sums): the bytes
 must not depend on the machine.
+
+QCONVERT_KERNELS_NO_LANES=1 at build time compiles the scale searches as plain scalar loops instead of
+four vector lanes (same bytes, slower): a way to check the two against each other.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ static const int QK_ERR_TYPE, QK_ERR_SHAPE, QK_ERR_NULL, QK_ERR_CAPACITY;
 
 
 def _compile_args() -> list[str]:
+    no_lanes = ["-DQK_NO_LANES"] if os.environ.get("QCONVERT_KERNELS_NO_LANES") == "1" else []
     if sys.platform == "win32":
-        return ["/O2", "/fp:precise"]
-    return ["-std=c11", "-O3", "-ffp-contract=off", "-fno-fast-math"]
+        return ["/O2", "/fp:precise", *no_lanes]
+    return ["-std=c11", "-O3", "-ffp-contract=off", "-fno-fast-math", *no_lanes]
 
 
 def _relative(name: str) -> str:

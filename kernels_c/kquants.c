@@ -42,20 +42,22 @@ static void pack_scale_min(const uint8_t *ls, const uint8_t *lm, uint8_t *S) {
  * re-derived from the stored (rounded) scales. qw: the imatrix slice for this super-block, or NULL. */
 static void kquant_levels(const float *x, const float *qw, int nmax, uint8_t *L, uint8_t *S,
                           uint16_t *d_out, uint16_t *dmin_out) {
-    float scales[8], mins[8], w[32];
+    float scales[8], mins[8], w[QK_K];
     uint8_t ls[8], lm[8];
     if (!qw) {
         /* ref: per-sub-block weights av_x + |x|, search (rmin, rdelta, nstep) by type */
-        const float rmin = nmax == 15 ? -1.f : -0.5f;
-        const int nstep = nmax == 15 ? 20 : 15;
-        float max_scale = 0, max_min = 0;
         for (int j = 0; j < 8; ++j) {
             const float *xs = x + 32 * j;
             float sum_x2 = 0;
             for (int l = 0; l < 32; ++l) sum_x2 += xs[l] * xs[l];
             const float av_x = sqrtf(sum_x2 / 32);
-            for (int l = 0; l < 32; ++l) w[l] = av_x + fabsf(xs[l]);
-            scales[j] = qk_make_qkx_quants(32, nmax, xs, w, L + 32 * j, &mins[j], rmin, 0.1f, nstep);
+            for (int l = 0; l < 32; ++l) w[32 * j + l] = av_x + fabsf(xs[l]);
+        }
+        for (int j = 0; j < 8; j += 4)
+            qk_make_qkx_quants_4(32, nmax, x + 32 * j, w + 32 * j, L + 32 * j, scales + j, mins + j,
+                                 nmax == 15 ? -1.f : -0.5f, 0.1f, nmax == 15 ? 20 : 15);
+        float max_scale = 0, max_min = 0;
+        for (int j = 0; j < 8; ++j) {
             if (scales[j] > max_scale) max_scale = scales[j];
             if (mins[j] > max_min) max_min = mins[j];
         }
@@ -72,14 +74,15 @@ static void kquant_levels(const float *x, const float *qw, int nmax, uint8_t *L,
         float sum_x2 = 0, sw[8];
         for (int l = 0; l < QK_K; ++l) sum_x2 += x[l] * x[l];
         const float sigma2 = 2 * sum_x2 / QK_K;
+        for (int l = 0; l < QK_K; ++l) w[l] = qw[l] * sqrtf(sigma2 + x[l] * x[l]);
         for (int j = 0; j < 8; ++j) {
-            const float *xs = x + 32 * j;
-            for (int l = 0; l < 32; ++l) w[l] = qw[32 * j + l] * sqrtf(sigma2 + xs[l] * xs[l]);
             float sumw = 0;
-            for (int l = 0; l < 32; ++l) sumw += w[l];
+            for (int l = 0; l < 32; ++l) sumw += w[32 * j + l];
             sw[j] = sumw;
-            scales[j] = qk_make_qkx_quants(32, nmax, xs, w, L + 32 * j, &mins[j], -0.9f, 0.05f, 36);
         }
+        for (int j = 0; j < 8; j += 4)
+            qk_make_qkx_quants_4(32, nmax, x + 32 * j, w + 32 * j, L + 32 * j, scales + j, mins + j,
+                                 -0.9f, 0.05f, 36);
         const float d_block = qk_make_qp_quants(8, 63, scales, ls, sw);
         const float m_block = qk_make_qp_quants(8, 63, mins, lm, sw);
         if (nmax == 31) {  /* Q5_K clamps the levels, Q4_K does not */
@@ -143,9 +146,10 @@ void qk_quantize_row_q6_K(const float *x, void *vy, int64_t n, const float *imat
         int8_t L[QK_K];
         float scales[16];
         float max_scale = 0, max_abs_scale = 0;
+        for (int ib = 0; ib < 16; ib += 4)
+            qk_make_qx_quants_4(16, 32, x + 16 * ib, L + 16 * ib, imatrix ? imatrix + QK_K * i + 16 * ib : NULL,
+                                scales + ib);
         for (int ib = 0; ib < 16; ++ib) {
-            const float *qw = imatrix ? imatrix + QK_K * i + 16 * ib : NULL;
-            scales[ib] = qk_make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib, qw);
             const float abs_scale = fabsf(scales[ib]);
             if (abs_scale > max_abs_scale) {
                 max_abs_scale = abs_scale;

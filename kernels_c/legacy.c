@@ -68,78 +68,110 @@ static float asymmetric_ref(const float *x, int nmax, uint8_t *q, float *min_out
     return d;
 }
 
-/* One block of a symmetric type (Q4_0: half = 8, Q5_0: half = 16): q in 0..2*half-1.
- * With an imatrix (qw = its slice for this block): make_qx_quants, weights qw*sqrt(sigma2 + x^2). */
-static float block_symmetric(const float *xb, const float *qw, float sigma2, int half, uint8_t *q) {
-    if (!qw) return symmetric_ref(xb, half, q);
-    float w[QK];
-    int8_t L[QK];
-    imatrix_weights(xb, qw, sigma2, w);
-    const float d = qk_make_qx_quants(QK, half, xb, L, w);
-    for (int j = 0; j < QK; ++j) q[j] = (uint8_t)L[j];
-    return d;
+/* Up to 4 consecutive blocks (nb) of a symmetric type (Q4_0: half = 8, Q5_0: half = 16):
+ * d[k] and levels q[32k + j] in 0..2*half-1. With an imatrix (qw = its slice for these blocks):
+ * make_qx_quants with weights qw*sqrt(sigma2 + x^2), four blocks at a time. */
+static void blocks_symmetric(const float *x, const float *qw, float sigma2, int half, int nb, float *d,
+                             uint8_t *q) {
+    if (!qw) {
+        for (int k = 0; k < nb; ++k) d[k] = symmetric_ref(x + QK * k, half, q + QK * k);
+        return;
+    }
+    float w[4 * QK];
+    int8_t L[4 * QK];
+    for (int k = 0; k < nb; ++k) imatrix_weights(x + QK * k, qw + QK * k, sigma2, w + QK * k);
+    if (nb == 4) {
+        qk_make_qx_quants_4(QK, half, x, L, w, d);
+    } else {
+        for (int k = 0; k < nb; ++k) d[k] = qk_make_qx_quants(QK, half, x + QK * k, L + QK * k, w + QK * k);
+    }
+    for (int j = 0; j < nb * QK; ++j) q[j] = (uint8_t)L[j];
 }
 
-/* One block of an asymmetric type (Q4_1: nmax = 15, Q5_1: nmax = 31); *m gets the offset stored
- * in the block. With an imatrix: make_qkx3_quants(-0.9, 0.05, 36). */
-static float block_asymmetric(const float *xb, const float *qw, float sigma2, int nmax, uint8_t *q,
-                              float *m) {
-    if (!qw) return asymmetric_ref(xb, nmax, q, m);
-    float w[QK], the_min;
-    imatrix_weights(xb, qw, sigma2, w);
-    const float d = qk_make_qkx_quants(QK, nmax, xb, w, q, &the_min, -0.9f, 0.05f, 36);
-    *m = -the_min;
-    return d;
+/* Up to 4 consecutive blocks of an asymmetric type (Q4_1: nmax = 15, Q5_1: nmax = 31): d[k], the
+ * stored offset m[k] and levels. With an imatrix: make_qkx3_quants(-0.9, 0.05, 36). */
+static void blocks_asymmetric(const float *x, const float *qw, float sigma2, int nmax, int nb, float *d,
+                              float *m, uint8_t *q) {
+    if (!qw) {
+        for (int k = 0; k < nb; ++k) d[k] = asymmetric_ref(x + QK * k, nmax, q + QK * k, m + k);
+        return;
+    }
+    float w[4 * QK], the_min[4];
+    for (int k = 0; k < nb; ++k) imatrix_weights(x + QK * k, qw + QK * k, sigma2, w + QK * k);
+    if (nb == 4) {
+        qk_make_qkx_quants_4(QK, nmax, x, w, q, d, the_min, -0.9f, 0.05f, 36);
+    } else {
+        for (int k = 0; k < nb; ++k)
+            d[k] = qk_make_qkx_quants(QK, nmax, x + QK * k, w + QK * k, q + QK * k, the_min + k, -0.9f, 0.05f, 36);
+    }
+    for (int k = 0; k < nb; ++k) m[k] = -the_min[k];
 }
 
-void qk_quantize_row_q4_0(const float *x, void *vy, int64_t n, const float *imatrix) {
-    qk_block_q4_0 *y = vy;
-    const float sigma2 = imatrix ? row_sigma2(x, n) : 0;
-    for (int64_t ib = 0; ib < n / QK; ++ib) {
-        uint8_t q[QK];
-        const float d = block_symmetric(x + QK * ib, imatrix ? imatrix + QK * ib : NULL, sigma2, 8, q);
-        y[ib].d = qk_fp32_to_fp16(d);
-        pack_nibbles(q, y[ib].qs);
+/* Write block i of a legacy 4/5-bit row from d, m (asymmetric types) and levels q[32]. */
+static void store_block(int type, void *y, int64_t i, float d, float m, const uint8_t *q) {
+    switch (type) {
+    case QK_Q4_0: {
+        qk_block_q4_0 *b = (qk_block_q4_0 *)y + i;
+        b->d = qk_fp32_to_fp16(d);
+        pack_nibbles(q, b->qs);
+        break;
+    }
+    case QK_Q4_1: {
+        qk_block_q4_1 *b = (qk_block_q4_1 *)y + i;
+        b->d = qk_fp32_to_fp16(d);
+        b->m = qk_fp32_to_fp16(m);
+        pack_nibbles(q, b->qs);
+        break;
+    }
+    case QK_Q5_0: {
+        qk_block_q5_0 *b = (qk_block_q5_0 *)y + i;
+        b->d = qk_fp32_to_fp16(d);
+        pack_high_bits(q, b->qh);
+        pack_nibbles(q, b->qs);
+        break;
+    }
+    default: {
+        qk_block_q5_1 *b = (qk_block_q5_1 *)y + i;
+        b->d = qk_fp32_to_fp16(d);
+        b->m = qk_fp32_to_fp16(m);
+        pack_high_bits(q, b->qh);
+        pack_nibbles(q, b->qs);
+        break;
+    }
     }
 }
 
-void qk_quantize_row_q5_0(const float *x, void *vy, int64_t n, const float *imatrix) {
-    qk_block_q5_0 *y = vy;
+/* The four legacy 4/5-bit types share one row loop: blocks in groups of four, then packing. */
+static void quantize_row_legacy(const float *x, void *y, int64_t n, const float *imatrix, int type) {
+    const int five_bit = type == QK_Q5_0 || type == QK_Q5_1;
+    const int with_min = type == QK_Q4_1 || type == QK_Q5_1;
     const float sigma2 = imatrix ? row_sigma2(x, n) : 0;
-    for (int64_t ib = 0; ib < n / QK; ++ib) {
-        uint8_t q[QK];
-        const float d = block_symmetric(x + QK * ib, imatrix ? imatrix + QK * ib : NULL, sigma2, 16, q);
-        y[ib].d = qk_fp32_to_fp16(d);
-        pack_nibbles(q, y[ib].qs);
-        pack_high_bits(q, y[ib].qh);
+    const int64_t nb = n / QK;
+    for (int64_t ib = 0; ib < nb; ib += 4) {
+        const int group = (int)QK_MIN(4, nb - ib);
+        const float *qw = imatrix ? imatrix + QK * ib : NULL;
+        float d[4], m[4] = {0};
+        uint8_t q[4 * QK];
+        if (with_min) blocks_asymmetric(x + QK * ib, qw, sigma2, five_bit ? 31 : 15, group, d, m, q);
+        else blocks_symmetric(x + QK * ib, qw, sigma2, five_bit ? 16 : 8, group, d, q);
+        for (int k = 0; k < group; ++k) store_block(type, y, ib + k, d[k], m[k], q + QK * k);
     }
 }
 
-void qk_quantize_row_q4_1(const float *x, void *vy, int64_t n, const float *imatrix) {
-    qk_block_q4_1 *y = vy;
-    const float sigma2 = imatrix ? row_sigma2(x, n) : 0;
-    for (int64_t ib = 0; ib < n / QK; ++ib) {
-        uint8_t q[QK];
-        float m;
-        const float d = block_asymmetric(x + QK * ib, imatrix ? imatrix + QK * ib : NULL, sigma2, 15, q, &m);
-        y[ib].d = qk_fp32_to_fp16(d);
-        y[ib].m = qk_fp32_to_fp16(m);
-        pack_nibbles(q, y[ib].qs);
-    }
+void qk_quantize_row_q4_0(const float *x, void *y, int64_t n, const float *imatrix) {
+    quantize_row_legacy(x, y, n, imatrix, QK_Q4_0);
 }
 
-void qk_quantize_row_q5_1(const float *x, void *vy, int64_t n, const float *imatrix) {
-    qk_block_q5_1 *y = vy;
-    const float sigma2 = imatrix ? row_sigma2(x, n) : 0;
-    for (int64_t ib = 0; ib < n / QK; ++ib) {
-        uint8_t q[QK];
-        float m;
-        const float d = block_asymmetric(x + QK * ib, imatrix ? imatrix + QK * ib : NULL, sigma2, 31, q, &m);
-        y[ib].d = qk_fp32_to_fp16(d);
-        y[ib].m = qk_fp32_to_fp16(m);
-        pack_nibbles(q, y[ib].qs);
-        pack_high_bits(q, y[ib].qh);
-    }
+void qk_quantize_row_q4_1(const float *x, void *y, int64_t n, const float *imatrix) {
+    quantize_row_legacy(x, y, n, imatrix, QK_Q4_1);
+}
+
+void qk_quantize_row_q5_0(const float *x, void *y, int64_t n, const float *imatrix) {
+    quantize_row_legacy(x, y, n, imatrix, QK_Q5_0);
+}
+
+void qk_quantize_row_q5_1(const float *x, void *y, int64_t n, const float *imatrix) {
+    quantize_row_legacy(x, y, n, imatrix, QK_Q5_1);
 }
 
 /* Q8_0 ignores the imatrix: id = 1/(amax/127), not 127/amax; q = roundf(x*id) (half away from 0). */

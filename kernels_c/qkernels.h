@@ -148,6 +148,13 @@ float qk_make_qkx_quants(int n, int nmax, const float *x, const float *w, uint8_
                          float *the_min, float rmin, float rdelta, int nstep);
 float qk_make_qp_quants(int n, int nmax, const float *x, uint8_t *L, const float *w);
 
+/* Four consecutive groups of n <= 32 values through the searches above, with identical results
+ * (lane-parallel where the compiler has vector extensions): x, w/qw and L hold the groups back
+ * to back; scales[g] and the_mins[g] get each group's results. */
+void qk_make_qkx_quants_4(int n, int nmax, const float *x, const float *w, uint8_t *L,
+                          float *scales, float *the_mins, float rmin, float rdelta, int nstep);
+void qk_make_qx_quants_4(int n, int nmax, const float *x, int8_t *L, const float *qw, float *scales);
+
 /* ---- internal: per-row kernels (one row of n elements; imatrix may be NULL) --------------- */
 
 typedef void (*qk_quantize_row_fn)(const float *x, void *y, int64_t n, const float *imatrix);

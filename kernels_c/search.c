@@ -190,3 +190,160 @@ float qk_make_qp_quants(int n, int nmax, const float *x, uint8_t *L, const float
     }
     return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
 }
+
+/* ---- four groups at a time ---------------------------------------------------------------
+ * The _4 functions run four independent groups (x, w, L back to back, n values each) through the
+ * scalar searches above. With GCC/Clang vector extensions, lane g of every vector runs exactly
+ * the scalar operations on group g, in the same order (IEEE float32 vector arithmetic rounds like
+ * scalar arithmetic), so the results are identical; branches become per-lane selects, and a lane
+ * the scalar code would have left early computes values that are then discarded.
+ * -DQK_NO_LANES builds the plain loops instead (to check one against the other). */
+#if !defined(QK_NO_LANES) && defined(__GNUC__) && (defined(__clang__) || __GNUC__ >= 9)
+
+typedef float v4f __attribute__((vector_size(16)));
+typedef int32_t v4i __attribute__((vector_size(16)));
+
+static inline v4f splat(float f) { return (v4f){f, f, f, f}; }
+static inline v4i splat_i(int32_t i) { return (v4i){i, i, i, i}; }
+static inline v4f sel(v4i mask, v4f a, v4f b) { return (v4f)((mask & (v4i)a) | (~mask & (v4i)b)); }
+static inline v4i sel_i(v4i mask, v4i a, v4i b) { return (mask & a) | (~mask & b); }
+static inline v4f to_float(v4i i) { return __builtin_convertvector(i, v4f); }
+
+static inline v4i nearest_int_v(v4f f) {
+    const v4f v = f + splat(12582912.0f);
+    return ((v4i)v & splat_i(0x7fffff)) - splat_i(0x400000);
+}
+
+static inline v4i clamp_v(v4i l, int lo, int hi) {
+    l = sel_i(l > splat_i(hi), splat_i(hi), l);
+    return sel_i(l < splat_i(lo), splat_i(lo), l);
+}
+
+/* Transpose 4 groups of n (<= 32) into lanes: V[i][g] = p[n*g + i]. */
+static void load_lanes(int n, const float *p, v4f *V) {
+    for (int i = 0; i < n; ++i)
+        for (int g = 0; g < 4; ++g) V[i][g] = p[n * g + i];
+}
+
+void qk_make_qkx_quants_4(int n, int nmax, const float *x, const float *w, uint8_t *L,
+                          float *scales, float *the_mins, float rmin, float rdelta, int nstep) {
+    v4f X[32] = {{0}}, W[32] = {{0}};
+    v4i Lbest[32], Laux[32];
+    load_lanes(n, x, X);
+    load_lanes(n, w, W);
+    v4f min = X[0], max = X[0];
+    v4f sum_w = W[0];
+    v4f sum_x = sum_w * X[0];
+    for (int i = 1; i < n; ++i) {
+        min = sel(X[i] < min, X[i], min);
+        max = sel(X[i] > max, X[i], max);
+        sum_w += W[i];
+        sum_x += W[i] * X[i];
+    }
+    min = sel(min > splat(0), splat(0), min);
+    const v4i flat = max == min;
+    const v4f flat_min = min;
+    v4f iscale = splat((float)nmax) / (max - min);
+    v4f scale = splat(1) / iscale;
+    v4f best_error = splat(0);
+    for (int i = 0; i < n; ++i) {
+        Lbest[i] = clamp_v(nearest_int_v(iscale * (X[i] - min)), 0, nmax);
+        v4f diff = scale * to_float(Lbest[i]) + min - X[i];
+        diff = diff * diff;
+        best_error += W[i] * diff;
+    }
+    for (int is = 0; is <= nstep; ++is) {
+        iscale = splat(rmin + rdelta * is + nmax) / (max - min);
+        v4f sum_l = splat(0), sum_l2 = splat(0), sum_xl = splat(0);
+        for (int i = 0; i < n; ++i) {
+            Laux[i] = clamp_v(nearest_int_v(iscale * (X[i] - min)), 0, nmax);
+            const v4f l = to_float(Laux[i]);
+            sum_l += W[i] * l;
+            sum_l2 += W[i] * l * l;
+            sum_xl += W[i] * l * X[i];
+        }
+        const v4f D = sum_w * sum_l2 - sum_l * sum_l;
+        v4f this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+        v4f this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+        const v4i min_pos = this_min > splat(0);
+        this_min = sel(min_pos, splat(0), this_min);
+        this_scale = sel(min_pos, sum_xl / sum_l2, this_scale);
+        v4f cur_error = splat(0);
+        for (int i = 0; i < n; ++i) {
+            v4f diff = this_scale * to_float(Laux[i]) + this_min - X[i];
+            diff = diff * diff;
+            cur_error += W[i] * diff;
+        }
+        const v4i win = (D > splat(0)) & (cur_error < best_error);
+        for (int i = 0; i < n; ++i) Lbest[i] = sel_i(win, Laux[i], Lbest[i]);
+        best_error = sel(win, cur_error, best_error);
+        scale = sel(win, this_scale, scale);
+        min = sel(win, this_min, min);
+    }
+    for (int g = 0; g < 4; ++g) {
+        for (int i = 0; i < n; ++i) L[n * g + i] = flat[g] ? 0 : (uint8_t)Lbest[i][g];
+        scales[g] = flat[g] ? 0.f : scale[g];
+        the_mins[g] = flat[g] ? -flat_min[g] : -min[g];
+    }
+}
+
+void qk_make_qx_quants_4(int n, int nmax, const float *x, int8_t *L, const float *qw, float *scales) {
+    v4f X[32] = {{0}}, W[32] = {{0}};
+    v4i Lbest[32], Laux[32];
+    load_lanes(n, x, X);
+    if (qw) load_lanes(n, qw, W);
+    else for (int i = 0; i < n; ++i) W[i] = X[i] * X[i];
+    v4f max = splat(0), amax = splat(0);
+    for (int i = 0; i < n; ++i) {
+        const v4f ax = (v4f)((v4i)X[i] & splat_i(0x7fffffff));
+        const v4i bigger = ax > amax;
+        amax = sel(bigger, ax, amax);
+        max = sel(bigger, X[i], max);
+    }
+    const v4i zero = amax < splat(GROUP_MAX_EPS);
+    v4f iscale = splat((float)-nmax) / max;
+    v4f sumlx = splat(0), suml2 = splat(0);
+    for (int i = 0; i < n; ++i) {
+        Lbest[i] = clamp_v(nearest_int_v(iscale * X[i]), -nmax, nmax - 1);
+        const v4f l = to_float(Lbest[i]);
+        sumlx += W[i] * X[i] * l;
+        suml2 += W[i] * l * l;
+    }
+    v4f scale = sel(suml2 != splat(0), sumlx / suml2, splat(0));
+    v4f best = scale * sumlx;
+    for (int is = -9; is <= 9; ++is) {
+        if (is == 0) continue;
+        iscale = splat(-(nmax + 0.1f * is)) / max;
+        sumlx = suml2 = splat(0);
+        for (int i = 0; i < n; ++i) {
+            Laux[i] = clamp_v(nearest_int_v(iscale * X[i]), -nmax, nmax - 1);
+            const v4f l = to_float(Laux[i]);
+            sumlx += W[i] * X[i] * l;
+            suml2 += W[i] * l * l;
+        }
+        const v4i win = (suml2 > splat(0)) & (sumlx * sumlx > best * suml2);
+        for (int i = 0; i < n; ++i) Lbest[i] = sel_i(win, Laux[i], Lbest[i]);
+        scale = sel(win, sumlx / suml2, scale);
+        best = sel(win, scale * sumlx, best);
+    }
+    for (int g = 0; g < 4; ++g) {
+        for (int i = 0; i < n; ++i) L[n * g + i] = zero[g] ? 0 : (int8_t)(Lbest[i][g] + nmax);
+        scales[g] = zero[g] ? 0.f : scale[g];
+    }
+}
+
+#else
+
+void qk_make_qkx_quants_4(int n, int nmax, const float *x, const float *w, uint8_t *L,
+                          float *scales, float *the_mins, float rmin, float rdelta, int nstep) {
+    for (int g = 0; g < 4; ++g)
+        scales[g] = qk_make_qkx_quants(n, nmax, x + n * g, w + n * g, L + n * g, the_mins + g,
+                                       rmin, rdelta, nstep);
+}
+
+void qk_make_qx_quants_4(int n, int nmax, const float *x, int8_t *L, const float *qw, float *scales) {
+    for (int g = 0; g < 4; ++g)
+        scales[g] = qk_make_qx_quants(n, nmax, x + n * g, L + n * g, qw ? qw + n * g : NULL);
+}
+
+#endif

@@ -7,9 +7,10 @@ the fixtures (see fixtures.py for the cache root):
     src/llama_cpp_python-0.3.36.tar.gz                  the sdist
     src/llama_cpp_python-0.3.36/vendor/llama.cpp/        its llama.cpp tree
         build/bin/llama-{quantize,perplexity,imatrix,tokenize}   (~12 min on 2 cores)
-    oracle-venv/                                        python with torch (CPU) + transformers
-    converted/<model-key>-<outtype>.gguf               convert_hf() results
-    logs/                                               build and install logs
+    oracle-venv/                                        python with torch (CPU) + transformers;
+                                                        .qconvert-complete = its `pip freeze`
+    converted/<folder>-<key>-<outtype>.gguf             convert_hf() results (latest key only)
+    logs/{llamacpp-cmake,llamacpp-build,oracle-venv}.log
 """
 
 from __future__ import annotations
@@ -64,7 +65,10 @@ def source_dir() -> Path:
             pip_download([f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"], src_root,
                          extra=("--no-binary", ":all:"))
         with tempfile.TemporaryDirectory(dir=src_root) as tmp, tarfile.open(sdist) as tar:
-            tar.extractall(tmp, **({"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}))
+            if hasattr(tarfile, "tar_filter"):  # Python >= 3.10.12 / 3.11.4 warn without a filter
+                tar.extractall(tmp, filter="tar")
+            else:
+                tar.extractall(tmp)
             remove(unpacked)  # what an interrupted extraction left
             os.replace(Path(tmp) / unpacked.name, unpacked)
     if not (tree / "convert_hf_to_gguf.py").is_file():
@@ -103,8 +107,10 @@ def tool(name: str) -> Path:
 
 
 def _logged(cmd: Sequence[str], *, cwd: Path, log: Path, what: str) -> None:
-    """Run a long command with its output going to a log file (a build prints megabytes)."""
-    with open(log, "wb") as out:
+    """Run a long command with its output appended to a log file (a build prints megabytes)."""
+    with open(log, "ab") as out:
+        out.write(f"\n$ {' '.join(cmd)}\n".encode())
+        out.flush()
         proc = subprocess.run(list(cmd), cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         tail = log.read_bytes()[-4000:].decode("utf-8", "replace")
@@ -157,7 +163,16 @@ def convert_hf(model_dir: Path, *, outtype: str, outfile: Path | None = None) ->
         _convert(model_dir, outtype, Path(outfile))
         return Path(outfile)
     dest = cache_root() / "converted" / f"{model_dir.name}-{_folder_key(model_dir)}-{outtype}.gguf"
-    return ensure(dest, lambda tmp: _convert(model_dir, outtype, tmp))
+
+    def build(tmp: Path) -> None:
+        # Drop results for older contents of the same folder name: converted files are GBs.
+        stale = re.compile(re.escape(model_dir.name) + r"-[0-9a-f]{16}-" + re.escape(outtype) + r"\.gguf")
+        for old in dest.parent.iterdir():
+            if stale.fullmatch(old.name):
+                old.unlink()
+        _convert(model_dir, outtype, tmp)
+
+    return ensure(dest, build)
 
 
 def _convert(model_dir: Path, outtype: str, outfile: Path) -> None:
@@ -196,7 +211,8 @@ def quantize(src: Path, dst: Path, type: str, *, imatrix: Path | None = None,
     args = [*(("--imatrix", str(imatrix)) if imatrix is not None else ()), *extra_args]
     dst = Path(dst)
     with atomic_path(dst) as tmp:
-        run([tool("llama-quantize"), *args, src, tmp, type, str(threads)], what=f"llama-quantize {Path(src).name} {type}")
+        run([tool("llama-quantize"), *args, src, tmp, type, str(threads)],
+            what=f"llama-quantize {Path(src).name} {type}")
     return dst
 
 
@@ -206,7 +222,8 @@ class PerplexityResult:
     ppl_error: float | None        # its "+/-" term
     chunks: list[float]            # running PPL after each chunk: the "[1]12.3456,[2]..." list
     stats: dict[str, tuple[float, float | None]]  # KLD-mode report: "Mean KLD" -> (value, ±)
-    output: str                    # stdout + stderr
+    stdout: str
+    stderr: str
 
 
 def perplexity(model: Path, text_file: Path, *, ctx: int = 512, chunks: int | None = None, threads: int = 2,
@@ -216,15 +233,16 @@ def perplexity(model: Path, text_file: Path, *, ctx: int = 512, chunks: int | No
     For KL-divergence pass extra_args=("--kl-divergence-base", base_file) on the base model (it saves
     the logits) and then ("--kl-divergence-base", base_file, "--kl-divergence") on the other one.
     """
-    cmd = [tool("llama-perplexity"), "-m", model, "-f", text_file, "-c", str(ctx), "-t", str(threads)]
+    cmd: list[str | Path] = [tool("llama-perplexity"), "-m", model, "-f", text_file, "-c", str(ctx), "-t", str(threads)]
     if chunks is not None:
         cmd += ["--chunks", str(chunks)]
     proc = run([*cmd, *extra_args], what=f"llama-perplexity {Path(model).name}")
-    output = (proc.stdout + proc.stderr).decode("utf-8", "replace")
+    stdout, stderr = proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
+    output = stdout + stderr  # the chunk list goes to stdout, the final estimate to the log (stderr)
     final = re.search(r"Final estimate: PPL = ([0-9.]+|nan|inf) \+/- ([0-9.]+|nan|inf)", output)
     running = [float(v) for v in re.findall(r"\[\d+\]([0-9.]+|nan|inf),", output)]
     return PerplexityResult(ppl=float(final[1]) if final else None, ppl_error=float(final[2]) if final else None,
-                            chunks=running, stats=_parse_stats(output), output=output)
+                            chunks=running, stats=_parse_stats(output), stdout=stdout, stderr=stderr)
 
 
 def _parse_stats(output: str) -> dict[str, tuple[float, float | None]]:
@@ -233,7 +251,10 @@ def _parse_stats(output: str) -> dict[str, tuple[float, float | None]]:
     stats: dict[str, tuple[float, float | None]] = {}
     if start < 0:
         return stats
-    line_re = re.compile(r"^\s*(\S.*?)\s*:\s*(-?[0-9.]+|nan|-?inf)\s*%?(?:\s*±\s*(-?[0-9.]+|nan|inf))?")
+    # Labels start with a capital ("Mean KLD", "Same top p") or a percentile ("99.9%   KLD");
+    # log lines that start with a timestamp are not labels.
+    line_re = re.compile(r"^\s*([A-Z][^:]*?|\d+\.\d%\s+\S+)\s*:\s*(-?[0-9.]+|nan|-?inf)\s*%?"
+                         r"(?:\s*±\s*(-?[0-9.]+|nan|inf))?")
     for line in output[start:].splitlines():
         m = line_re.match(line)
         if m:
@@ -246,7 +267,7 @@ def imatrix(model: Path, text_file: Path, *, out: Path, ctx: int = 512, chunks: 
             threads: int = 2, output_format: str = "gguf", extra_args: Sequence[str] = ()) -> Path:
     """Run llama-imatrix and return `out` (format "gguf" or the legacy "dat")."""
     out = Path(out)
-    cmd = [tool("llama-imatrix"), "-m", model, "-f", text_file, "-c", str(ctx), "-t", str(threads),
+    cmd: list[str | Path] = [tool("llama-imatrix"), "-m", model, "-f", text_file, "-c", str(ctx), "-t", str(threads),
            "--output-format", output_format]
     if chunks is not None:
         cmd += ["--chunks", str(chunks)]
@@ -268,7 +289,7 @@ def tokenize(model_gguf: Path, text_file: Path | None = None, *, text: str | Non
     """
     if (text_file is None) == (text is None):
         raise ValueError("give exactly one of text_file and text")
-    cmd = [tool("llama-tokenize"), "-m", model_gguf, "--ids", "--no-escape", "--log-disable"]
+    cmd: list[str | Path] = [tool("llama-tokenize"), "-m", model_gguf, "--ids", "--no-escape", "--log-disable"]
     cmd += [] if add_bos else ["--no-bos"]
     cmd += ["--parse-special"] if parse_special else ["--no-parse-special"]
     if text is not None:
