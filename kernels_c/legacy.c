@@ -174,6 +174,15 @@ void qk_quantize_row_q5_1(const float *x, void *y, int64_t n, const float *imatr
     quantize_row_legacy(x, y, n, imatrix, QK_Q5_1);
 }
 
+/* roundf (half away from zero), inline for |v| < 2^31: v - trunc(v) is exact there, so comparing
+ * it with +-0.5 decides the rounding exactly (checked against roundf for every such float). */
+static inline int round_half_away(float v) {
+    if (!(fabsf(v) < 0x1p31f)) return (int)roundf(v);  /* inf/NaN when d is subnormal: as ggml */
+    const int t = (int)v;
+    const float r = v - (float)t;
+    return t + (r >= 0.5f) - (r <= -0.5f);
+}
+
 /* Q8_0 ignores the imatrix: id = 1/(amax/127), not 127/amax; q = roundf(x*id) (half away from 0). */
 void qk_quantize_row_q8_0(const float *x, void *vy, int64_t n, const float *imatrix) {
     qk_block_q8_0 *y = vy;
@@ -185,7 +194,7 @@ void qk_quantize_row_q8_0(const float *x, void *vy, int64_t n, const float *imat
         const float d = amax / 127;
         const float id = d ? 1.0f / d : 0.0f;
         y[ib].d = qk_fp32_to_fp16(d);
-        for (int j = 0; j < QK; ++j) y[ib].qs[j] = (int8_t)roundf(xb[j] * id);
+        for (int j = 0; j < QK; ++j) y[ib].qs[j] = (int8_t)round_half_away(xb[j] * id);
     }
 }
 

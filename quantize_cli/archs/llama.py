@@ -26,6 +26,15 @@ class LlamaFamily(DecoderFamily):
     gguf_arch = "llama"
     hf_architectures = ("LlamaForCausalLM", "LLaMAForCausalLM", "MistralForCausalLM")
 
+    def __init__(self, config: dict[str, Any], *, config_path: str = "config.json") -> None:
+        # The converter reads config.json through transformers' AutoConfig, whose LlamaConfig
+        # (transformers 5.x) fills in head_dim when the file has none; llama.cpp then writes
+        # attention.key_length / value_length. Do the same so the metadata matches.
+        config = dict(config)
+        if config.get("head_dim") is None and "hidden_size" in config and "num_attention_heads" in config:
+            config["head_dim"] = config["hidden_size"] // config["num_attention_heads"]
+        super().__init__(config, config_path=config_path)
+
     def row_permute(self, gguf_name: str, shape: tuple[int, ...]) -> RowPermute | None:
         n_head, n_kv = n_heads(self.config, self.where)
         if gguf_name.endswith(("attn_q.weight", "attn_q.bias")):

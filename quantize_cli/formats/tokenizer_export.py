@@ -117,8 +117,9 @@ class _Vocab:
             raise UnsupportedError("tokenizer.ggml.tokens, token_type and scores differ in length")
 
     def is_hole(self, i: int) -> bool:
-        """A `[PAD{i}]` filler the converter writes for ids without a token."""
-        return self.types[i] in (TokenType.UNUSED, TokenType.USER_DEFINED) and self.tokens[i] == f"[PAD{i}]"
+        """A `[PAD{i}]` filler the converter writes for ids without a token (typed UNUSED today; older
+        converters typed them USER_DEFINED or UNKNOWN)."""
+        return self.tokens[i] == f"[PAD{i}]"
 
     def is_added(self, i: int) -> bool:
         return self.types[i] in ADDED_TYPES and not self.is_hole(i)

@@ -253,6 +253,11 @@ def make_cases(rng: np.random.Generator) -> dict[str, np.ndarray]:
     signed[2:] *= -1
     cases["one_signed"] = signed.astype(f32)
     cases["extreme"] = np.stack([rng.normal(0, 1e-5, 512), rng.normal(0, 3e3, 512)]).astype(f32)
+    # All-subnormal blocks: 1/d overflows to inf and the float->int casts see inf/NaN.
+    sub = rng.normal(0, 1, (4, 256)) * np.array([[1e-39], [1e-44], [1e-38], [0.0]])
+    sub[3] = 2.0**-149 * rng.integers(-3, 4, 256)
+    sub[2, :128] = 3e-39
+    cases["subnormal"] = sub.astype(f32)
     cases["wide_row"] = (0.02 * _student_t(rng, (2, 2048), df=5)).astype(f32)
     # 7 blocks of 32: the 32-block imatrix searches run four blocks at a time, then a tail of 3.
     cases["tail_blocks"] = (0.02 * _student_t(rng, (3, 224), df=4)).astype(f32)
