@@ -33,7 +33,7 @@ def _compile_args() -> list[str]:
     no_lanes = ["-DQK_NO_LANES"] if os.environ.get("QCONVERT_KERNELS_NO_LANES") == "1" else []
     if sys.platform == "win32":
         return ["/O2", "/fp:precise", *no_lanes]
-    return ["-std=c11", "-O3", "-ffp-contract=off", "-fno-fast-math", *no_lanes]
+    return ["-std=c11", "-O3", "-ffp-contract=off", "-fno-fast-math", "-fvisibility=hidden", *no_lanes]
 
 
 def _relative(name: str) -> str:

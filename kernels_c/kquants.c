@@ -45,7 +45,9 @@ static void kquant_levels(const float *x, const float *qw, int nmax, uint8_t *L,
     float scales[8], mins[8], w[QK_K];
     uint8_t ls[8], lm[8];
     if (!qw) {
-        /* ref: per-sub-block weights av_x + |x|, search (rmin, rdelta, nstep) by type */
+        /* ref: per-sub-block weights av_x + |x|; make_qkx2_quants with the type's search grid */
+        const float rmin = nmax == 15 ? -1.f : -0.5f;
+        const int nstep = nmax == 15 ? 20 : 15;
         for (int j = 0; j < 8; ++j) {
             const float *xs = x + 32 * j;
             float sum_x2 = 0;
@@ -55,7 +57,7 @@ static void kquant_levels(const float *x, const float *qw, int nmax, uint8_t *L,
         }
         for (int j = 0; j < 8; j += 4)
             qk_make_qkx_quants_4(32, nmax, x + 32 * j, w + 32 * j, L + 32 * j, scales + j, mins + j,
-                                 nmax == 15 ? -1.f : -0.5f, 0.1f, nmax == 15 ? 20 : 15);
+                                 rmin, 0.1f, nstep);
         float max_scale = 0, max_min = 0;
         for (int j = 0; j < 8; ++j) {
             if (scales[j] > max_scale) max_scale = scales[j];
@@ -70,7 +72,8 @@ static void kquant_levels(const float *x, const float *qw, int nmax, uint8_t *L,
         *d_out = qk_fp32_to_fp16(max_scale / 63.f);
         *dmin_out = qk_fp32_to_fp16(max_min / 63.f);
     } else {
-        /* impl: sigma2 = 2*sum(x^2)/256 over the super-block; sw[j] = sum of sub-block weights */
+        /* impl: weights qw*sqrt(sigma2 + x^2), sigma2 = 2*sum(x^2)/256 over the super-block;
+         * make_qkx3_quants, then make_qp_quants for the scales and mins (weights sw[j]) */
         float sum_x2 = 0, sw[8];
         for (int l = 0; l < QK_K; ++l) sum_x2 += x[l] * x[l];
         const float sigma2 = 2 * sum_x2 / QK_K;

@@ -10,9 +10,10 @@
 
 #define QK 32
 
-/* qs[j] = q[j] | q[j+16] << 4: low nibbles hold the first half of the block. */
-static void pack_nibbles(const uint8_t *q, uint8_t *qs) {
-    for (int j = 0; j < QK / 2; ++j) qs[j] = (uint8_t)((q[j] & 0x0f) | ((q[j + QK / 2] & 0x0f) << 4));
+/* qs[j] = q[j] | q[j+16] << 4: low nibbles hold the first half of the block. The 5-bit types mask
+ * the levels to 4 bits (mask 0x0f); ggml's 4-bit types OR them unmasked (mask 0xff). */
+static void pack_nibbles(const uint8_t *q, uint8_t *qs, unsigned mask) {
+    for (int j = 0; j < QK / 2; ++j) qs[j] = (uint8_t)((q[j] & mask) | ((q[j + QK / 2] & mask) << 4));
 }
 
 /* Bit 4 of q[j] goes to bit j of a little-endian uint32 (5-bit types). */
@@ -113,21 +114,21 @@ static void store_block(int type, void *y, int64_t i, float d, float m, const ui
     case QK_Q4_0: {
         qk_block_q4_0 *b = (qk_block_q4_0 *)y + i;
         b->d = qk_fp32_to_fp16(d);
-        pack_nibbles(q, b->qs);
+        pack_nibbles(q, b->qs, 0xff);
         break;
     }
     case QK_Q4_1: {
         qk_block_q4_1 *b = (qk_block_q4_1 *)y + i;
         b->d = qk_fp32_to_fp16(d);
         b->m = qk_fp32_to_fp16(m);
-        pack_nibbles(q, b->qs);
+        pack_nibbles(q, b->qs, 0xff);
         break;
     }
     case QK_Q5_0: {
         qk_block_q5_0 *b = (qk_block_q5_0 *)y + i;
         b->d = qk_fp32_to_fp16(d);
         pack_high_bits(q, b->qh);
-        pack_nibbles(q, b->qs);
+        pack_nibbles(q, b->qs, 0x0f);
         break;
     }
     default: {
@@ -135,7 +136,7 @@ static void store_block(int type, void *y, int64_t i, float d, float m, const ui
         b->d = qk_fp32_to_fp16(d);
         b->m = qk_fp32_to_fp16(m);
         pack_high_bits(q, b->qh);
-        pack_nibbles(q, b->qs);
+        pack_nibbles(q, b->qs, 0x0f);
         break;
     }
     }

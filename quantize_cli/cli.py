@@ -62,10 +62,12 @@ def convert_cmd(
     tensor_type: list[str] = typer.Option([], "--tensor-type", help="PATTERN=TYPE override (regex on tensor names); repeatable."),
     pure: bool = typer.Option(False, "--pure", help="Every quantizable tensor gets the default type of --type."),
     leave_output_tensor: bool = typer.Option(False, "--leave-output-tensor", help="Keep output.weight unquantized."),
+    imatrix: Optional[str] = typer.Option(None, "--imatrix", help="llama.cpp importance matrix (.gguf or legacy .dat)."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit)."),
     json_out: bool = JsonOpt,
 ) -> None:
     from quantize_cli.convert import write_plan
+    from quantize_cli.formats.imatrix import load_imatrix
     from quantize_cli.hub import resolve_model
     from quantize_cli.plan import plan_from_gguf, plan_from_hf
     from quantize_cli.qtypes import file_type, tensor_type as parse_tensor_type
@@ -80,11 +82,13 @@ def convert_cmd(
         leave_output_tensor=leave_output_tensor,
     )
     resolved = resolve_model(model, revision=revision)
+    weights = load_imatrix(imatrix) if imatrix else None
     if resolved.kind == "gguf":
-        plan = plan_from_gguf(resolved.path, ftype, overrides=overrides, allow_requantize=allow_requantize)
+        plan = plan_from_gguf(resolved.path, ftype, overrides=overrides, imatrix=weights,
+                              allow_requantize=allow_requantize)
     else:
         plan = plan_from_hf(resolved.path, ftype, overrides=None if overrides == Overrides() else overrides,
-                            name=resolved.repo_id)
+                            imatrix=weights, name=resolved.repo_id)
     out = outfile if outfile is not None else Path.cwd() / plan.default_name
     if out.is_dir():
         out = out / plan.default_name

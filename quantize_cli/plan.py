@@ -18,7 +18,8 @@ from quantize_cli.formats.kv import KV
 from quantize_cli.formats.safetensors import open_checkpoint
 from quantize_cli.model_metadata import converter_kvs, requantized_kvs
 from quantize_cli.qtypes import FileType
-from quantize_cli.recipes import Overrides, converter_type, llama_tensor_order, quantize_types
+from quantize_cli.formats.imatrix import ImportanceMatrix
+from quantize_cli.recipes import QUANTIZED, Overrides, converter_type, llama_tensor_order, quantize_types
 from quantize_cli.sources import ArrayRows, GGUFRows, RowSource, SafetensorsRows
 
 CONVERTER_TYPES = {T.F32, T.F16, T.BF16, T.Q8_0}
@@ -81,7 +82,7 @@ def _load_config(model_dir: Path) -> dict:
 
 
 def plan_from_hf(model_dir: Path, ftype: FileType, *, overrides: Overrides | None = None,
-                 name: str | None = None) -> Plan:
+                 imatrix: ImportanceMatrix | None = None, name: str | None = None) -> Plan:
     """Plan the conversion of an HF safetensors folder.
 
     f32/f16/bf16/q8_0 follow convert_hf_to_gguf.py; the k-quant types are what llama-quantize
@@ -101,6 +102,9 @@ def plan_from_hf(model_dir: Path, ftype: FileType, *, overrides: Overrides | Non
                                          gguf.LlamaFileType.MOSTLY_BF16, gguf.LlamaFileType.MOSTLY_Q8_0)
     if overrides is not None and not one_step_quant and overrides != Overrides():
         raise OptionError(f"tensor-type overrides need a quantized --type (k-quants), not {ftype.name}")
+    if imatrix is not None and not one_step_quant:
+        raise OptionError(f"--imatrix needs a k-quant --type; {ftype.name} does not use an importance matrix",
+                          hint="llama.cpp's converter ignores importance matrices for f32/f16/bf16/q8_0")
     shapes = [src.shape for _, src in entries]
 
     if not one_step_quant:
@@ -112,15 +116,24 @@ def plan_from_hf(model_dir: Path, ftype: FileType, *, overrides: Overrides | Non
         lossless = _lossless_file_type(entries)
         kvs, meta = converter_kvs(family=family, model_dir=model_dir, file_type=lossless,
                                   tensor_shapes=shapes, name=name)
-        kvs = requantized_kvs(kvs, file_type=int(ftype.ftype))
+        kvs = requantized_kvs(kvs, file_type=int(ftype.ftype)) + (imatrix.kvs() if imatrix else [])
         current = [(n, src.shape, _converter_stored_type(n, src)) for n, src in entries]
         order = llama_tensor_order([n for n, _ in entries])
         current = [current[i] for i in order]
         types = quantize_types(current, ftype, family.n_layer, overrides)
-        tensors = [PlannedTensor(entries[i][0], entries[i][1].shape, t, entries[i][1]) for i, t in zip(order, types)]
+        tensors = [_planned(entries[i][0], entries[i][1], t, cur[2], imatrix)
+                   for i, t, cur in zip(order, types, current)]
     output_type = ftype.label
     default = gguf.naming_convention(meta.name, meta.basename, meta.finetune, meta.version, meta.size_label, output_type)
     return Plan(model_dir, ftype, kvs, tensors, f"{default}.gguf")
+
+
+def _planned(name: str, src: RowSource, qtype: T, current: T, imatrix: ImportanceMatrix | None) -> PlannedTensor:
+    """A tensor with its importance vector, which llama-quantize passes only when the type changes."""
+    weights = None
+    if imatrix is not None and qtype != current and qtype in QUANTIZED:
+        weights = imatrix.for_tensor(name, src.shape[-1])
+    return PlannedTensor(name, src.shape, qtype, src, weights)
 
 
 def _lossless_file_type(entries: list[tuple[str, RowSource]]) -> int:
@@ -141,7 +154,7 @@ def _converter_stored_type(name: str, src: RowSource) -> T:
 # --- GGUF input ------------------------------------------------------------------------------
 
 def plan_from_gguf(path: Path, ftype: FileType, *, overrides: Overrides | None = None,
-                   allow_requantize: bool = False) -> Plan:
+                   imatrix: ImportanceMatrix | None = None, allow_requantize: bool = False) -> Plan:
     """Plan re-typing a GGUF file, as llama-quantize does."""
     reader = read_gguf(path)
     kvs = gguf_kvs(reader)
@@ -153,7 +166,7 @@ def plan_from_gguf(path: Path, ftype: FileType, *, overrides: Overrides | None =
     n_layer = meta.get(f"{arch}.block_count")
     if n_layer is None:
         raise InputError(f"{path}: GGUF has no {arch}.block_count key")
-    kvs = requantized_kvs(kvs, file_type=int(ftype.ftype))
+    kvs = requantized_kvs(kvs, file_type=int(ftype.ftype)) + (imatrix.kvs() if imatrix else [])
 
     entries = []
     for t in reader.tensors:
@@ -172,7 +185,7 @@ def plan_from_gguf(path: Path, ftype: FileType, *, overrides: Overrides | None =
                 f"requantizing to {t.name} loses quality",
                 hint="pass --allow-requantize to do it anyway, or start from an F16/BF16/F32 file",
             )
-        tensors.append(PlannedTensor(name, src.shape, t, src))
+        tensors.append(_planned(name, src, t, src.stored_type, imatrix))
     base = path.name.removesuffix(".gguf")
     for label in ("F32", "F16", "BF16", "Q8_0", "Q4_K_M", "Q5_K_M", "Q4_K_S", "Q5_K_S", "Q6_K", "Q4_1", "Q4_0"):
         if base.upper().endswith("-" + label):

@@ -1,20 +1,20 @@
 """The C kernels against llama.cpp's bytes, gguf-py's numpy codecs and hand-worked blocks.
 
 Known-answer vectors (tests/data/kernel_vectors/) hold llama.cpp's output for hand-built and random
-rows; tests/support/kernel_vectors.py regenerates them. The `oracle` test recompiles llama.cpp's
-quantizers and compares on fresh random rows.
+rows; tests/support/kernel_vectors.py regenerates them. The `oracle` test compiles llama.cpp's
+quantizers (source fetched on first use, like every oracle test) and compares on fresh random rows.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
 from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from support import kernel_vectors as kv
+from support import llamacpp
 
 from quantize_cli import kernels
 from quantize_cli.errors import UnsupportedError
@@ -25,15 +25,6 @@ QUANTIZED = (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K)
 GGUF_PY_QUANTIZES = (T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0)
 
 
-def _load_generator():
-    path = Path(__file__).parent / "support" / "kernel_vectors.py"
-    spec = importlib.util.spec_from_file_location("qconvert_kernel_vectors", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-kv = _load_generator()
 INPUTS = np.load(kv.DATA_DIR / "inputs.npz")
 EXPECTED = np.load(kv.DATA_DIR / "expected.npz")
 
@@ -101,12 +92,7 @@ def test_imatrix_path_differs_from_reference_path(qtype: GGMLQuantizationType) -
 
 @pytest.mark.oracle
 def test_matches_llamacpp_on_fresh_random_rows(tmp_path: Path) -> None:
-    tree = kv.find_llama_cpp()
-    if tree is None:
-        pytest.skip("llama.cpp source not found (set QCONVERT_LLAMA_CPP)")
-    if shutil.which("gcc") is None:
-        pytest.skip("no gcc to build the llama.cpp harness")
-    harness = kv.Harness(tree, tmp_path)
+    harness = kv.Harness(kv.find_llama_cpp() or llamacpp.source_dir(), tmp_path)
     rng = np.random.default_rng()
     seed = int(rng.integers(2**31))
     rng = np.random.default_rng(seed)
@@ -294,6 +280,13 @@ def test_f32_is_a_copy_and_empty_input_is_fine() -> None:
 def test_bad_input_raises_value_error(call, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_non_array_raises_type_error() -> None:
+    with pytest.raises(TypeError, match="numpy array"):
+        quantize_rows(T.Q8_0, [[0.0] * 32])
+    with pytest.raises(TypeError, match="numpy array"):
+        widen_to_f32(b"\0\0", source="f16")
 
 
 def test_unsupported_type_raises_typed_error() -> None:

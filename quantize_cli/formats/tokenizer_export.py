@@ -350,8 +350,10 @@ def _unknown_id(meta: dict[str, Any], vocab: _Vocab) -> int:
     if (unk := meta.get(ID_KEYS["unk"])) is not None:
         return int(unk)
     for i, kind in enumerate(vocab.types):
-        if kind == TokenType.UNKNOWN:
+        if kind == TokenType.UNKNOWN and not vocab.is_hole(i):
             return i
+    if "<unk>" in vocab.tokens:  # typed CONTROL by tokenizer_config's added_tokens_decoder
+        return vocab.tokens.index("<unk>")
     raise UnsupportedError("the sentencepiece vocabulary has no unknown token; sentencepiece needs one")
 
 

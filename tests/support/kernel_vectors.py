@@ -248,6 +248,9 @@ def make_cases(rng: np.random.Generator) -> dict[str, np.ndarray]:
 
     cases["gaussian"] = rng.normal(0, 0.02, (8, 512)).astype(f32)
     cases["student_t"] = (0.02 * _student_t(rng, (8, 512))).astype(f32)
+    # Many super-blocks: Student-t rows with per-row tails (df 2.5..8) and scales (1e-3..1).
+    df = np.linspace(2.5, 8, 16)[:, None]
+    cases["mixed_rows"] = (rng.standard_t(df, (16, 1024)) * np.logspace(-3, 0, 16)[:, None]).astype(f32)
     cases["scale_ramp"] = (rng.normal(0, 1, (4, 512)) * np.repeat(np.logspace(-4, 2, 16), 32)).astype(f32)
     signed = np.abs(rng.normal(0, 0.05, (4, 512)))
     signed[2:] *= -1
@@ -309,7 +312,9 @@ def generate(harness: Harness, out_dir: Path, seed: int = SEED) -> None:
 
 def bench(harness: Harness, rows: int = 256, n_per_row: int = 4096) -> None:
     """MB/s of float32 input, one thread: llama.cpp's quantizer vs quantize_cli.kernels."""
-    from quantize_cli.kernels import quantize_rows  # noqa: PLC0415 (only the bench needs the package)
+    from quantize_cli.kernels import (
+        quantize_rows,  # only the bench needs the built package
+    )
 
     rng = np.random.default_rng(1)
     x = (0.02 * _student_t(rng, (rows, n_per_row))).astype(np.float32)
@@ -319,7 +324,7 @@ def bench(harness: Harness, rows: int = 256, n_per_row: int = 4096) -> None:
     for qtype in TYPES:
         for im in (None, imat) if qtype in IMATRIX_TYPES else (None,):
             theirs = harness.seconds(qtype, x, im, 3)
-            ours = min(_timed(lambda: quantize_rows(qtype, x, imatrix=im)) for _ in range(3))
+            ours = min(_timed(lambda t=qtype, w=im: quantize_rows(t, x, imatrix=w)) for _ in range(3))
             print(f"{qtype.name:<6} {'yes' if im is not None else 'no':<8} {mb / theirs:>15.1f} {mb / ours:>14.1f}"
                   f" {theirs / ours:>6.2f}")
 
