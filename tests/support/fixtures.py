@@ -252,8 +252,10 @@ def _build_austen(out_dir: Path) -> None:
         downloads.mkdir(parents=True, exist_ok=True)
         try:
             run(["apt-get", "download", AUSTEN_DEB], cwd=downloads, what=f"apt-get download {AUSTEN_DEB}")
-        except FixtureError as exc:
-            raise FixtureError(f"{exc}\nhint: run `apt-get update` if the package lists are empty") from exc
+        except FixtureError:
+            # A fresh machine may have empty package lists: refresh them once and retry.
+            run(["apt-get", "update"], what="apt-get update")
+            run(["apt-get", "download", AUSTEN_DEB], cwd=downloads, what=f"apt-get download {AUSTEN_DEB}")
         debs = sorted(downloads.glob(f"{AUSTEN_DEB}_*.deb"))
     if not debs:
         raise FixtureError(f"apt-get download {AUSTEN_DEB} left no .deb in {downloads}")

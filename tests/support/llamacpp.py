@@ -39,7 +39,10 @@ BUILD_JOBS = "2"
 # (plain `torch` would pull GBs of CUDA packages). Two pip calls, torch first, as in the original
 # setup. Only the converter and hf_tokenize() run in it; qconvert never imports torch.
 ORACLE_STEPS = (("torch==2.13.0",),
-                ("transformers", "sentencepiece", "numpy", "safetensors", "protobuf", "tokenizers", "jinja2"))
+                # transformers is pinned: the converter reads config.json through its AutoConfig, whose
+                # defaults (e.g. Llama's head_dim) decide which keys the GGUF gets.
+                ("transformers==5.23.0", "tokenizers==0.23.3", "sentencepiece", "numpy", "safetensors", "protobuf",
+                 "jinja2"))
 ORACLE_IMPORTS = ("torch", "transformers", "sentencepiece", "tokenizers", "safetensors",
                   "google.protobuf", "numpy", "jinja2")
 ORACLE_MARKER = ".qconvert-complete"  # written last, after the imports were checked
