@@ -16,7 +16,10 @@ import sys
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = ["api.c", "convert.c", "legacy.c", "kquants.c", "search.c"]
+SOURCES = [
+    "api.c", "convert.c", "legacy.c", "kquants.c", "search.c",  # quantizers
+    "act.c", "matmul.c", "dot.c", "dot_avx2.c", "dot_neon.c", "ops.c",  # inference
+]
 
 CDEF = """
 int64_t qk_quantize(int type, const float *src, int64_t n_rows, int64_t n_per_row,
@@ -25,7 +28,26 @@ int64_t qk_dequantize(int type, const void *src, int64_t n_rows, int64_t n_per_r
                       float *dst, int64_t dst_count);
 int64_t qk_block_size(int type);
 int64_t qk_type_size(int type);
-static const int QK_ERR_TYPE, QK_ERR_SHAPE, QK_ERR_NULL, QK_ERR_CAPACITY;
+static const int QK_ERR_TYPE, QK_ERR_SHAPE, QK_ERR_NULL, QK_ERR_CAPACITY, QK_ERR_ISA;
+
+static const int QK_ISA_SCALAR, QK_ISA_AVX2, QK_ISA_NEON;
+static const int QK_ACT_F32, QK_ACT_F16, QK_ACT_BF16, QK_ACT_Q8_0, QK_ACT_Q8_K;
+static const int QK_PANEL, QK_ROPE_NORMAL, QK_ROPE_NEOX;
+int qk_best_isa(void);
+int qk_act_format(int wtype);
+int64_t qk_act_bytes(int wtype, int64_t n_tok, int64_t n_in);
+int64_t qk_quantize_act(int wtype, const float *x, int64_t n_tok, int64_t n_in, void *act, int64_t act_bytes);
+int64_t qk_matmul(int isa, int wtype, const void *w, int64_t n_rows, int64_t w_stride, const void *act,
+                  int64_t act_bytes, int64_t n_tok, int64_t n_in, float *out, int64_t ld_out);
+int64_t qk_rms_norm(const float *x, int64_t n_rows, int64_t n, const float *w, float eps, float *y);
+int64_t qk_rope(float *x, int64_t n_tok, int64_t n_head, int64_t head_dim, int64_t n_dims, const int32_t *pos,
+                float freq_base, float freq_scale, const float *freq_factors, int mode);
+int64_t qk_attention(const float *q, const float *k, const float *v, float *out, int64_t n_tok, int64_t n_kv_tok,
+                     int64_t n_head, int64_t n_head_kv, int64_t head_dim, int64_t kv_tok_stride,
+                     int64_t kv_head_stride, int64_t h0, int64_t h1, float scale, float *scratch,
+                     int64_t scratch_count);
+int64_t qk_swiglu(const float *gate, const float *up, int64_t n, float *out);
+int64_t qk_log_softmax(const float *x, int64_t n_rows, int64_t n, float *out);
 """
 
 

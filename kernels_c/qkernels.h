@@ -28,6 +28,7 @@ enum {
     QK_ERR_SHAPE = -2,    /* n_rows < 0, or n_per_row not a positive multiple of the block */
     QK_ERR_NULL = -3,     /* a required pointer is NULL */
     QK_ERR_CAPACITY = -4, /* the destination is smaller than the result */
+    QK_ERR_ISA = -5,      /* instruction set not compiled in, or not run by this CPU */
 };
 
 /* Quantize n_rows rows of n_per_row floats into dst (row after row, no padding).
@@ -43,6 +44,62 @@ int64_t qk_dequantize(int type, const void *src, int64_t n_rows, int64_t n_per_r
 
 int64_t qk_block_size(int type);  /* elements per block, or QK_ERR_TYPE */
 int64_t qk_type_size(int type);   /* bytes per block = sizeof the block struct, or QK_ERR_TYPE */
+
+/* ---- public: inference (matmul.c, act.c, ops.c) ------------------------------------------- */
+
+/* Instruction sets of the matmul kernels (the `isa` argument): the scalar C reference, and
+ * mirrors of it chosen at run time from the CPU's features. */
+enum { QK_ISA_SCALAR = 0, QK_ISA_AVX2 = 1, QK_ISA_NEON = 2 };
+
+/* Activation formats (what a weight type's dot product reads; reference notes 3.2). */
+enum { QK_ACT_F32 = 0, QK_ACT_F16 = 1, QK_ACT_BF16 = 2, QK_ACT_Q8_0 = 8, QK_ACT_Q8_K = 15 };
+
+#define QK_PANEL 4 /* tokens per activation panel (see the internal part) */
+
+int qk_best_isa(void);              /* the fastest ISA this CPU runs */
+int qk_act_format(int wtype);       /* activation format for weights of wtype, or QK_ERR_TYPE */
+
+/* Bytes of scratch for n_tok activation rows of n_in values for weights of wtype, or a status. */
+int64_t qk_act_bytes(int wtype, int64_t n_tok, int64_t n_in);
+
+/* Quantize n_tok float rows of n_in into act (the layout of qk_act_bytes). Rows after n_tok in the
+ * last panel are zeros. A range of tokens starting at a multiple of QK_PANEL may be quantized on
+ * its own at act + qk_act_bytes(wtype, first_token, n_in). Returns the bytes written or a status. */
+int64_t qk_quantize_act(int wtype, const float *x, int64_t n_tok, int64_t n_in, void *act, int64_t act_bytes);
+
+/* out[t * ld_out + r] = dot(weight row r, activation row t) for r < n_rows, t < n_tok: w holds
+ * n_rows rows of n_in values of wtype, w_stride bytes apart; act as written by qk_quantize_act.
+ * Returns n_rows * n_tok or a status. */
+int64_t qk_matmul(int isa, int wtype, const void *w, int64_t n_rows, int64_t w_stride, const void *act,
+                  int64_t act_bytes, int64_t n_tok, int64_t n_in, float *out, int64_t ld_out);
+
+/* y[r] = x[r] * 1/sqrt(mean(x[r]^2) + eps) (* w if not NULL), rows of n; y may be x. */
+int64_t qk_rms_norm(const float *x, int64_t n_rows, int64_t n, const float *w, float eps, float *y);
+
+/* Rotary embedding in place on x (n_tok, n_head, head_dim): the first n_dims values of each head
+ * rotate by pos[t] * freq_base^(-2i/n_dims) * freq_scale (/ freq_factors[i] if not NULL);
+ * mode QK_ROPE_NORMAL pairs (2i, 2i+1), QK_ROPE_NEOX pairs (i, i + n_dims/2). */
+enum { QK_ROPE_NORMAL = 0, QK_ROPE_NEOX = 2 };
+int64_t qk_rope(float *x, int64_t n_tok, int64_t n_head, int64_t head_dim, int64_t n_dims, const int32_t *pos,
+                float freq_base, float freq_scale, const float *freq_factors, int mode);
+
+/* Causal grouped-query attention for heads [h0, h1): q and out (n_tok, n_head, head_dim)
+ * contiguous; k and v hold n_kv_tok >= n_tok positions of n_head_kv heads, row (position j, head g)
+ * of head_dim floats at j * kv_tok_stride + g * kv_head_stride. Query t sits at position
+ * n_kv_tok - n_tok + t and sees keys 0..that; head h reads kv head h / (n_head / n_head_kv);
+ * softmax(scale * q.k) with scale usually 1/sqrt(head_dim). scratch: n_kv_tok floats.
+ * Returns the (token, head) rows written, or a status. */
+int64_t qk_attention(const float *q, const float *k, const float *v, float *out, int64_t n_tok, int64_t n_kv_tok,
+                     int64_t n_head, int64_t n_head_kv, int64_t head_dim, int64_t kv_tok_stride,
+                     int64_t kv_head_stride, int64_t h0, int64_t h1, float scale, float *scratch,
+                     int64_t scratch_count);
+
+/* out = silu(gate) * up over n values (out may alias either). */
+int64_t qk_swiglu(const float *gate, const float *up, int64_t n, float *out);
+
+/* out[r] = log_softmax(x[r]) for rows of n: x - max - log(sum exp(x - max)), the sum in double as
+ * llama-perplexity (exp within 2 ulp of expf). */
+int64_t qk_log_softmax(const float *x, int64_t n_rows, int64_t n, float *out);
 
 /* ---- internal: float model ---------------------------------------------------------------- */
 
@@ -183,5 +240,50 @@ void qk_dequantize_row_q8_0(const void *x, float *y, int64_t n);
 void qk_dequantize_row_q4_K(const void *x, float *y, int64_t n);
 void qk_dequantize_row_q5_K(const void *x, float *y, int64_t n);
 void qk_dequantize_row_q6_K(const void *x, float *y, int64_t n);
+
+/* ---- internal: activation panels and dot-product kernels (act.c, matmul.c, dot*.c) -------- */
+
+/* Activations are stored in panels of QK_PANEL tokens, block by block, so that one weight block,
+ * unpacked once, meets the same block of QK_PANEL tokens. Rows past n_tok are zeros. */
+
+/* For K-quant weights: Q8_K (notes 1.5, 2.12) of each token. bsums[t][j] = sum of qs[t][16j..16j+15]. */
+typedef struct {
+    float d[QK_PANEL];
+    int16_t bsums[QK_PANEL][QK_K / 16];
+    int8_t qs[QK_PANEL][QK_K];
+} qk_panel_q8_K;
+
+/* For the 32-blocks: Q8_0 of each token (notes 3.5) plus what Q8_1 adds. d and s hold the fp16
+ * values ggml stores, widened: d = fp16(scale), s = fp16(scale * sum), sum = sum of qs. */
+typedef struct {
+    float d[QK_PANEL];
+    float s[QK_PANEL];
+    int32_t sum[QK_PANEL];
+    int8_t qs[QK_PANEL][32];
+} qk_panel_q8_0;
+
+_Static_assert(sizeof(qk_panel_q8_K) == QK_PANEL * (4 + QK_K / 16 * 2 + QK_K), "q8_K panel has no padding");
+_Static_assert(sizeof(qk_panel_q8_0) == QK_PANEL * (4 + 4 + 4 + 32), "q8_0 panel has no padding");
+/* Float weights (F32, F16, BF16): a panel is QK_PANEL rows of n floats, each rounded to the
+ * weight's type first (ggml converts the activations to vec_dot_type: F16 -> F16, BF16 -> BF16). */
+
+/* Dot products of one weight row (n values) with the QK_PANEL tokens of one panel. The float
+ * results of the quantized types are the same bits on every ISA: integer sums are exact, and the
+ * per-block float steps are mul/add in one fixed order (no FMA: the build has -ffp-contract=off). */
+typedef void (*qk_dot_panel_fn)(const void *w_row, const void *panel, int64_t n, float out[QK_PANEL]);
+
+qk_dot_panel_fn qk_dot_kernel_scalar(int wtype);
+qk_dot_panel_fn qk_dot_kernel_avx2(int wtype);  /* NULL unless built for x86-64 */
+qk_dot_panel_fn qk_dot_kernel_neon(int wtype);  /* NULL unless built for aarch64 */
+
+/* The 6-bit scales and mins of a Q4_K/Q5_K super-block (notes 1.2), in sub-block order. */
+static inline void qk_unpack_scales_k4(const uint8_t S[12], uint8_t sc[8], uint8_t m[8]) {
+    for (int j = 0; j < 4; ++j) {
+        sc[j] = S[j] & 63;
+        m[j] = S[j + 4] & 63;
+        sc[j + 4] = (uint8_t)((S[j + 8] & 0x0f) | ((S[j] >> 6) << 4));
+        m[j + 4] = (uint8_t)((S[j + 8] >> 4) | ((S[j + 4] >> 6) << 4));
+    }
+}
 
 #endif

@@ -7,12 +7,21 @@ during each call) and the bytes are the same for any thread count.
 
 Bytes are identical to llama.cpp's `ggml_quantize_chunk` for the same input and importance matrix:
 without an imatrix the `_ref` quantizers, with one the `_impl` ones (reference notes, section 2).
+
+Inference: `matmul` multiplies float32 activations by a weight that stays quantized, the way
+llama.cpp's CPU backend does (activations converted to the weight's vec_dot type, integer dot
+products per block; notes 3.2-3.5), on the best instruction set this CPU runs (`backend()`). The
+quantized types give the same float bits on every ISA and any thread count. `attention`,
+`rms_norm`, `rope`, `swiglu` and `log_softmax` are the rest of a forward pass's per-token work.
 """
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -38,13 +47,27 @@ _STATUS: dict[int, str] = {
     _lib.QK_ERR_SHAPE: "row length is not a positive multiple of the block, or the row count is invalid",
     _lib.QK_ERR_NULL: "NULL buffer",
     _lib.QK_ERR_CAPACITY: "destination buffer too small",
+    _lib.QK_ERR_ISA: "instruction set not compiled in or not run by this CPU",
 }
 
 
+_ISAS: dict[str, int] = {"scalar": _lib.QK_ISA_SCALAR, "avx2": _lib.QK_ISA_AVX2, "neon": _lib.QK_ISA_NEON}
+
+
 def backend() -> str:
-    """Which implementation runs: "scalar" = portable C (the scale searches run four groups at a
-    time in compiler vector lanes where available, with the same bytes); no ISA-specific code."""
-    return "scalar"
+    """The instruction set of the matmul kernels: "avx2", "neon" or "scalar", chosen at run time from
+    the CPU's features; QCONVERT_KERNELS=scalar forces the portable C reference. The quantizers are
+    portable C on every ISA (same bytes everywhere)."""
+    best = next(name for name, isa in _ISAS.items() if isa == _lib.qk_best_isa())
+    forced = os.environ.get("QCONVERT_KERNELS", "").strip().lower()
+    if forced in ("", "auto", best):
+        return best
+    if forced == "scalar":
+        return "scalar"
+    raise UnsupportedError(
+        f"QCONVERT_KERNELS={forced!r}: this CPU runs the {best} kernels",
+        hint=f"set QCONVERT_KERNELS to 'scalar', '{best}' or 'auto', or unset it",
+    )
 
 
 def _check(result: int, what: str) -> int:

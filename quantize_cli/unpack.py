@@ -8,6 +8,7 @@ temporary name next to the destination and renamed into place at the end.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -65,6 +66,9 @@ def unpack(gguf_path: Path, outdir: Path, *, dtype: str = "f16", force: bool = F
         raise OutputError(f"{outdir}: folder exists and is not empty", hint="pass --force or choose another --outdir")
     outdir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", suffix=".partial", dir=outdir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700 folders
     try:
         plan, sources = [], []
         for t in sorted(reader.tensors, key=lambda t: family.hf_name(t.name) if t.name not in GENERATED_TENSORS else ""):

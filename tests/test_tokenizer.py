@@ -22,18 +22,26 @@ import gguf
 import pytest
 import sentencepiece as spm
 from gguf import GGUFValueType, TokenType
+from support import fixtures, llamacpp
 
 from quantize_cli.errors import InputError, UnsupportedError
-from quantize_cli.formats.tokenizer import PRE_TOKENIZERS, detect_pre, tokenizer_metadata
-from quantize_cli.formats.tokenizer_export import config_token_ids, tokenizer_meta_from_reader, write_hf_tokenizer
-from support import fixtures, llamacpp
+from quantize_cli.formats.tokenizer import (
+    PRE_TOKENIZERS,
+    detect_pre,
+    tokenizer_metadata,
+)
+from quantize_cli.formats.tokenizer_export import (
+    config_token_ids,
+    tokenizer_meta_from_reader,
+    write_hf_tokenizer,
+)
 
 HF_ARCH = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 # The vocabulary GGUFs of llama.cpp's models/ that qconvert handles, and the architecture to read them
-# back with. gpt-2 and starcoder use "qwen2", whose vocab path has no Llama quirks (LlamaModel forces
-# add_bos_token=false for 49152-token vocabularies such as starcoder's).
+# back with. Not "qwen2" for foreign vocabularies: for config model_type qwen2, transformers 5 builds
+# its Qwen2Tokenizer pipeline and ignores tokenizer.json's pre-tokenizer.
 REFERENCE_VOCABS = {"llama-spm": "llama", "phi-3": "llama", "llama-bpe": "llama",
-                    "qwen2": "qwen2", "gpt-2": "qwen2", "starcoder": "qwen2"}
+                    "qwen2": "qwen2", "gpt-2": "llama", "starcoder": "llama"}
 
 Entry = tuple[GGUFValueType, "GGUFValueType | None", Any]
 
@@ -41,7 +49,7 @@ Entry = tuple[GGUFValueType, "GGUFValueType | None", Any]
 # --------------------------------------------------------------------------- helpers
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _read_gguf(path: Path) -> tuple[dict[str, Any], dict[str, Entry]]:
     """All key/values of a GGUF as plain values, and its tokenizer.* keys in file order as
     key -> (type, element type, value). Cached: GGUFReader takes seconds on a 150k-token vocabulary."""
@@ -230,6 +238,8 @@ def test_reference_vocab_round_trip(name: str, tmp_path: Path) -> None:
     theirs = _as_todays_converter(_tokenizer_values(_gguf_tokenizer_kvs(path)))
     if name == "llama-bpe":  # made before add_bos_token was written; Llama 3 adds BOS (its hash includes it)
         assert ours.pop("tokenizer.ggml.add_bos_token") is True
+    if name == "starcoder":  # read as "llama": LlamaModel writes add_bos_token=false for 49152 tokens
+        assert ours.pop("tokenizer.ggml.add_bos_token") is False
     assert ours == theirs
 
 
@@ -390,8 +400,20 @@ def test_hf_tokenizer_matches_llama_cpp(source: str, request: pytest.FixtureRequ
     assert len(reference) > 150_000
     assert llamacpp.hf_tokenize(folder, austen_pride.read_text(encoding="utf-8"), add_special_tokens=False) == reference
     chat = "<|im_start|>user\nIt is a truth universally acknowledged…<|im_end|>\n"
-    assert (llamacpp.hf_tokenize(folder, chat, add_special_tokens=True)
-            == llamacpp.tokenize(gguf_path, text=chat, add_bos=True, parse_special=True))
+    with_specials = _llama_tokenize_parsing_specials(gguf_path, chat)
+    assert with_specials[0] in (1, 151644)  # <|im_start|> came out as one token
+    assert llamacpp.hf_tokenize(folder, chat, add_special_tokens=True) == with_specials
+
+
+def _llama_tokenize_parsing_specials(gguf_path: Path, text: str) -> list[int]:
+    """llama-tokenize with its defaults (BOS if the model asks, special tokens parsed).
+
+    support.llamacpp.tokenize(parse_special=True) passes --parse-special, which llama-tokenize
+    rejects (parsing is its default; it only has --no-parse-special)."""
+    proc = fixtures.run([llamacpp.tool("llama-tokenize"), "-m", gguf_path, "--ids", "--no-escape", "--log-disable",
+                         "--stdin"], stdin=text.encode(), what="llama-tokenize")
+    line = next(ln for ln in proc.stdout.decode().splitlines() if ln.startswith("["))
+    return [int(t) for t in json.loads(line)]
 
 
 @pytest.mark.oracle

@@ -87,7 +87,9 @@ def hf_decoder_config(meta: dict[str, Any], *, arch: str, hf_arch: str, model_ty
                       tied: bool, dtype: str) -> dict[str, Any]:
     """config.json for a GGUF's hparams (used by `qconvert unpack`)."""
     def get(key: str, default: Any = None) -> Any:
-        return meta.get(f"{arch}.{key}", default)
+        value = meta.get(f"{arch}.{key}", default)
+        # GGUF floats are float32: write their shortest decimal form (1e-05, not 9.99999974e-06).
+        return float(str(np.float32(value))) if isinstance(value, float) else value
 
     n_embd, n_head = get("embedding_length"), get("attention.head_count")
     config: dict[str, Any] = {

@@ -21,10 +21,11 @@ from __future__ import annotations
 import copy
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from string import ascii_letters, digits
-from typing import Any, Callable
+from typing import Any
 
 from gguf import GGUFValueType, TokenType
 
@@ -191,16 +192,20 @@ class _Folder:
     has_spm: bool  # tokenizer.model exists
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object file, or None when the file does not exist."""
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: malformed JSON ({e.msg} at line {e.lineno}, column {e.colno})",
                          hint="re-download the file or fix it by hand") from e
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: cannot be read ({e})") from e
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
 
 
 def _read_folder(model_dir: Path) -> _Folder:
@@ -212,8 +217,6 @@ def _read_folder(model_dir: Path) -> _Folder:
     if not has_spm and tokenizer_json is None:
         raise InputError(f"{model_dir}: no tokenizer found (looked for tokenizer.model and tokenizer.json)",
                          hint="copy the tokenizer files of the model into this directory")
-    if tokenizer_json is not None and not isinstance(tokenizer_json, dict):
-        raise InputError(f"{model_dir / 'tokenizer.json'}: expected a JSON object")
     return _Folder(model_dir, tokenizer_json, _read_json(model_dir / "tokenizer_config.json"),
                    _read_json(model_dir / "config.json"), has_spm)
 
@@ -493,8 +496,8 @@ def _gpt2_vocab(folder: _Folder, vocab_size: int | None) -> tuple[list[str], lis
             types.append(TokenType.UNUSED)
             continue
         text = reverse[i]
-        if text in added_texts:
-            added = hf.added[i]
+        added = hf.added.get(i)
+        if text in added_texts and added is not None:
             if not added.normalized:  # the converter takes decode(encode(text)) for these
                 text = _byte_level_decode(text)
             if added.special or looks_special(text):

@@ -12,14 +12,19 @@ the same `tokenizer.*` values back:
   `-1000`-score added tokens in tokenizer_config.json `added_tokens_decoder` / added_tokens.json as the
   converter reads them, and a Llama-2-style tokenizer.json (BPE with byte fallback) for HF.
 
-What cannot come back:
-- `[PAD{i}]` holes that lie inside the vocabulary (not at its end) become ordinary vocabulary entries and
-  come back as NORMAL tokens (at the end they come back as UNUSED through config.json `vocab_size`);
-- GGUFs made by older converters: `[PAD{i}]` holes typed USER_DEFINED come back UNUSED; key order follows
-  today's converter;
-- added-token flags lstrip/rstrip/single_word are not in a GGUF and are written as false.
+tokenizer_class is PreTrainedTokenizerFast, so transformers uses tokenizer.json as written (except for
+config model_types such as qwen2 and phi3, where transformers 5 builds its own class's pipeline).
 
-config.json must carry `vocab_size` = the number of GGUF tokens and the ids of `config_token_ids(meta)`.
+What does not come back as it was:
+- `[PAD{i}]` holes inside the vocabulary (not at its end) become ordinary vocabulary entries and come
+  back NORMAL (at the end they come back UNUSED, from config.json `vocab_size`);
+- GGUFs made by older converters: `[PAD{i}]` holes typed USER_DEFINED/UNKNOWN come back UNUSED; a missing
+  add_bos_token comes back explicit when the tokenizer adds BOS (sentencepiece, llama-bpe: llama.cpp's
+  default too); key order follows today's converter;
+- eot/eom ids (converter quirks), and lstrip/rstrip/single_word flags of added tokens (not in a GGUF).
+
+config.json must carry `vocab_size` = the number of GGUF tokens and the ids of `config_token_ids(meta)`
+(special tokens that are not added tokens, or that break the converter's key order, are found there).
 """
 
 from __future__ import annotations
@@ -73,6 +78,8 @@ def config_token_ids(meta: dict[str, Any]) -> dict[str, int]:
 def write_hf_tokenizer(meta: dict[str, Any], outdir: Path) -> list[Path]:
     """Write the tokenizer files for `meta` (GGUF key -> value) into `outdir`; return their paths."""
     model = meta.get(K_MODEL)
+    if K_TOKENS not in meta or K_TYPES not in meta:
+        raise UnsupportedError("the GGUF has no tokenizer.ggml.tokens / token_type: no tokenizer to write")
     if model == "gpt2":
         files = _gpt2_files(meta)
     elif model == "llama":
