@@ -57,25 +57,16 @@ static void q8_K_row(const float *x, int64_t n, qk_panel_q8_K *p, int t) {
                 }
             }
         }
-        if (!amax) { /* ggml leaves bsums unset here; with d = 0 they never count */
-            p->d[t] = 0;
-            memset(p->qs[t], 0, QK_K);
-            memset(p->bsums[t], 0, sizeof p->bsums[t]);
-            if (x) x += QK_K;
-            continue;
-        }
-        const float iscale = -127.f / max;
+        const float iscale = amax ? -127.f / max : 0.0f; /* amax == 0: ggml stores d = 0, qs = 0 */
+        int sums[QK_K / 16] = {0};
         for (int j = 0; j < QK_K; ++j) {
-            const int v = qk_nearest_int(iscale * x[j]);
-            p->qs[t][j] = (int8_t)QK_MIN(127, v);
+            const int v = amax ? QK_MIN(127, qk_nearest_int(iscale * x[j])) : 0;
+            p->qs[j / 4][t][j % 4] = (int8_t)v;
+            sums[j / 16] += v;
         }
-        for (int j = 0; j < QK_K / 16; ++j) {
-            int sum = 0;
-            for (int l = 0; l < 16; ++l) sum += p->qs[t][16 * j + l];
-            p->bsums[t][j] = (int16_t)sum;
-        }
-        p->d[t] = 1 / iscale;
-        x += QK_K;
+        for (int j = 0; j < QK_K / 16; ++j) p->bsums[j / 2][t][j % 2] = (int16_t)sums[j];
+        p->d[t] = amax ? 1 / iscale : 0.0f;
+        if (x) x += QK_K;
     }
 }
 
@@ -96,9 +87,9 @@ static void q8_0_row(const float *x, int64_t n, qk_panel_q8_0 *p, int t) {
 #endif
         int sum = 0;
         for (int j = 0; j < 32; ++j) {
-            const int v = x ? qk_nearest_int(x[j] * id) : 0;
-            p->qs[t][j] = (int8_t)QK_MAX(-128, QK_MIN(127, v));
-            sum += p->qs[t][j];
+            const int v = x ? QK_MAX(-128, QK_MIN(127, qk_nearest_int(x[j] * id))) : 0;
+            p->qs[j / 4][t][j % 4] = (int8_t)v;
+            sum += v;
         }
         p->d[t] = qk_fp16_to_fp32(qk_fp32_to_fp16(d));
         p->s[t] = qk_fp16_to_fp32(qk_fp32_to_fp16(d * (float)sum));
@@ -107,23 +98,13 @@ static void q8_0_row(const float *x, int64_t n, qk_panel_q8_0 *p, int t) {
     }
 }
 
-/* Token t of a float panel: the row rounded to the weight's element type. x == NULL: zeros. */
+/* Token t of a float panel (x[k][t]): the row rounded to the weight's element type; NULL: zeros. */
 static void float_row(int format, const float *x, int64_t n, float *p, int t) {
-    float *y = p + (int64_t)t * n;
-    if (!x) {
-        memset(y, 0, (size_t)n * sizeof(float));
-        return;
-    }
-    switch (format) {
-    case QK_ACT_F16:
-        for (int64_t j = 0; j < n; ++j) y[j] = qk_fp16_to_fp32(qk_fp32_to_fp16(x[j]));
-        break;
-    case QK_ACT_BF16:
-        for (int64_t j = 0; j < n; ++j) y[j] = qk_bf16_to_fp32(qk_fp32_to_bf16(x[j]));
-        break;
-    default:
-        memcpy(y, x, (size_t)n * sizeof(float));
-        break;
+    for (int64_t k = 0; k < n; ++k) {
+        float v = x ? x[k] : 0.0f;
+        if (format == QK_ACT_F16) v = qk_fp16_to_fp32(qk_fp32_to_fp16(v));
+        if (format == QK_ACT_BF16) v = qk_bf16_to_fp32(qk_fp32_to_bf16(v));
+        p[k * QK_PANEL + t] = v;
     }
 }
 

@@ -54,7 +54,7 @@ enum { QK_ISA_SCALAR = 0, QK_ISA_AVX2 = 1, QK_ISA_NEON = 2 };
 /* Activation formats (what a weight type's dot product reads; reference notes 3.2). */
 enum { QK_ACT_F32 = 0, QK_ACT_F16 = 1, QK_ACT_BF16 = 2, QK_ACT_Q8_0 = 8, QK_ACT_Q8_K = 15 };
 
-#define QK_PANEL 4 /* tokens per activation panel (see the internal part) */
+#define QK_PANEL 8 /* tokens per activation panel (see the internal part) */
 
 int qk_best_isa(void);              /* the fastest ISA this CPU runs */
 int qk_act_format(int wtype);       /* activation format for weights of wtype, or QK_ERR_TYPE */
@@ -67,11 +67,16 @@ int64_t qk_act_bytes(int wtype, int64_t n_tok, int64_t n_in);
  * its own at act + qk_act_bytes(wtype, first_token, n_in). Returns the bytes written or a status. */
 int64_t qk_quantize_act(int wtype, const float *x, int64_t n_tok, int64_t n_in, void *act, int64_t act_bytes);
 
+/* Bytes of per-thread scratch qk_matmul needs for weights of wtype with rows of n_in, or a status. */
+int64_t qk_matmul_scratch_bytes(int wtype, int64_t n_in);
+
 /* out[t * ld_out + r] = dot(weight row r, activation row t) for r < n_rows, t < n_tok: w holds
- * n_rows rows of n_in values of wtype, w_stride bytes apart; act as written by qk_quantize_act.
+ * n_rows rows of n_in values of wtype, w_stride bytes apart; act as written by qk_quantize_act;
+ * scratch (32-byte aligned, qk_matmul_scratch_bytes) holds weight rows unpacked to bytes.
  * Returns n_rows * n_tok or a status. */
 int64_t qk_matmul(int isa, int wtype, const void *w, int64_t n_rows, int64_t w_stride, const void *act,
-                  int64_t act_bytes, int64_t n_tok, int64_t n_in, float *out, int64_t ld_out);
+                  int64_t act_bytes, int64_t n_tok, int64_t n_in, float *out, int64_t ld_out, void *scratch,
+                  int64_t scratch_bytes);
 
 /* y[r] = x[r] * 1/sqrt(mean(x[r]^2) + eps) (* w if not NULL), rows of n; y may be x. */
 int64_t qk_rms_norm(const float *x, int64_t n_rows, int64_t n, const float *w, float eps, float *y);
@@ -241,49 +246,61 @@ void qk_dequantize_row_q4_K(const void *x, float *y, int64_t n);
 void qk_dequantize_row_q5_K(const void *x, float *y, int64_t n);
 void qk_dequantize_row_q6_K(const void *x, float *y, int64_t n);
 
-/* ---- internal: activation panels and dot-product kernels (act.c, matmul.c, dot*.c) -------- */
+/* ---- internal: the matmul's data layouts and kernels (act.c, unpack.c, matmul.c, dot*.c) --- */
 
-/* Activations are stored in panels of QK_PANEL tokens, block by block, so that one weight block,
- * unpacked once, meets the same block of QK_PANEL tokens. Rows past n_tok are zeros. */
+/* The matmul multiplies QK_ROWS weight rows by the QK_PANEL tokens of one activation panel at a
+ * time. Tokens sit side by side in vector lanes: the 4 consecutive values of one token that a
+ * 32-bit lane holds meet 4 weight values broadcast to every lane (u8 x s8 products, pairs summed). */
+#define QK_ROWS 4
 
-/* For K-quant weights: Q8_K (notes 1.5, 2.12) of each token. bsums[t][j] = sum of qs[t][16j..16j+15]. */
+/* K-quant activations, one per super-block: Q8_K (notes 1.5, 2.12) of QK_PANEL tokens.
+ * qs[g][t][j] = value 4g + j of token t; bsums[s][t][h] = sum of values 32s + 16h .. + 15. */
 typedef struct {
+    int8_t qs[QK_K / 4][QK_PANEL][4];
+    int16_t bsums[QK_K / 32][QK_PANEL][2];
     float d[QK_PANEL];
-    int16_t bsums[QK_PANEL][QK_K / 16];
-    int8_t qs[QK_PANEL][QK_K];
 } qk_panel_q8_K;
 
-/* For the 32-blocks: Q8_0 of each token (notes 3.5) plus what Q8_1 adds. d and s hold the fp16
- * values ggml stores, widened: d = fp16(scale), s = fp16(scale * sum), sum = sum of qs. */
+/* 32-block activations: Q8_0 (notes 3.5) plus what Q8_1 adds, qs as above. d and s hold the fp16
+ * values ggml stores, widened: d = fp16(scale), s = fp16(scale * sum); sum = sum of qs. */
 typedef struct {
+    int8_t qs[8][QK_PANEL][4];
     float d[QK_PANEL];
     float s[QK_PANEL];
     int32_t sum[QK_PANEL];
-    int8_t qs[QK_PANEL][32];
 } qk_panel_q8_0;
 
-_Static_assert(sizeof(qk_panel_q8_K) == QK_PANEL * (4 + QK_K / 16 * 2 + QK_K), "q8_K panel has no padding");
-_Static_assert(sizeof(qk_panel_q8_0) == QK_PANEL * (4 + 4 + 4 + 32), "q8_0 panel has no padding");
-/* Float weights (F32, F16, BF16): a panel is QK_PANEL rows of n floats, each rounded to the
- * weight's type first (ggml converts the activations to vec_dot_type: F16 -> F16, BF16 -> BF16). */
+/* Float activations (F32, F16, BF16 weights): x[k][t] = value k of token t, rounded to the
+ * weight's type first (ggml converts activations to vec_dot_type: F16 -> F16, BF16 -> BF16). */
 
-/* Dot products of one weight row (n values) with the QK_PANEL tokens of one panel. The float
- * results of the quantized types are the same bits on every ISA: integer sums are exact, and the
- * per-block float steps are mul/add in one fixed order (no FMA: the build has -ffp-contract=off). */
-typedef void (*qk_dot_panel_fn)(const void *w_row, const void *panel, int64_t n, float out[QK_PANEL]);
+_Static_assert(sizeof(qk_panel_q8_K) == QK_PANEL * (QK_K + QK_K / 16 * 2 + 4), "q8_K panel has no padding");
+_Static_assert(sizeof(qk_panel_q8_0) == QK_PANEL * (32 + 4 + 4 + 4), "q8_0 panel has no padding");
+_Static_assert(sizeof(qk_panel_q8_K) % 32 == 0 && sizeof(qk_panel_q8_0) % 32 == 0, "panels keep 32-byte alignment");
 
-qk_dot_panel_fn qk_dot_kernel_scalar(int wtype);
-qk_dot_panel_fn qk_dot_kernel_avx2(int wtype);  /* NULL unless built for x86-64 */
-qk_dot_panel_fn qk_dot_kernel_neon(int wtype);  /* NULL unless built for aarch64 */
+/* A weight row unpacked for the kernels (unpack.c), parts at 32-byte aligned offsets:
+ *   q   n bytes: the levels, unsigned (K-quants 0..15/31/63, Q4/Q5 0..15/31), Q8_0's int8 as they
+ *       are; float types: n floats instead.
+ *   sc  int16 scale per sub-block (Q4_K/Q5_K: per 32, Q6_K: per 16);
+ *   mn  uint32 per 32 values, an int16 pair for one madd: Q4_K/Q5_K (min, min), Q6_K (scale of the
+ *       first 16, scale of the second 16);
+ *   d   float per block: d (widened fp16); dm float per block: K-quant dmin, Q4_1/Q5_1 m. */
+typedef struct {
+    int64_t q, sc, mn, d, dm, size;
+} qk_urow_layout;
 
-/* The 6-bit scales and mins of a Q4_K/Q5_K super-block (notes 1.2), in sub-block order. */
-static inline void qk_unpack_scales_k4(const uint8_t S[12], uint8_t sc[8], uint8_t m[8]) {
-    for (int j = 0; j < 4; ++j) {
-        sc[j] = S[j] & 63;
-        m[j] = S[j + 4] & 63;
-        sc[j + 4] = (uint8_t)((S[j + 8] & 0x0f) | ((S[j] >> 6) << 4));
-        m[j + 4] = (uint8_t)((S[j + 8] >> 4) | ((S[j + 4] >> 6) << 4));
-    }
-}
+int qk_urow_layout_for(int wtype, int64_t n, qk_urow_layout *L); /* 0, or QK_ERR_TYPE/QK_ERR_SHAPE */
+/* Unpack row src (NULL: a row of zeros) of n values of wtype into dst (L->size bytes). */
+void qk_unpack_row(int wtype, const void *src, int64_t n, const qk_urow_layout *L, uint8_t *dst);
+
+/* QK_ROWS unpacked rows (rows + r * L->size) times one panel: out[r][t] = dot(row r, token t).
+ * The quantized types give the same float bits on every ISA: integer block sums are exact, and the
+ * per-block float steps are the same multiplies and adds in the same order (dot.c's acc_*; no FMA,
+ * the build has -ffp-contract=off). Float weights: per-ISA summation order, within tolerance. */
+typedef void (*qk_gemm_fn)(const uint8_t *rows, const qk_urow_layout *L, const void *panel, int64_t n,
+                           float out[QK_ROWS][QK_PANEL]);
+
+qk_gemm_fn qk_gemm_kernel_scalar(int wtype);
+qk_gemm_fn qk_gemm_kernel_avx2(int wtype); /* NULL unless built for x86-64 */
+qk_gemm_fn qk_gemm_kernel_neon(int wtype); /* NULL unless built for aarch64 */
 
 #endif

@@ -228,3 +228,298 @@ def block_struct_size(qtype: GGMLQuantizationType) -> tuple[int, int]:
     """(elements per block, sizeof the C block struct): checked against GGML_QUANT_SIZES by a test."""
     qtype = _supported(qtype)
     return _check(_lib.qk_block_size(qtype), qtype.name), _check(_lib.qk_type_size(qtype), qtype.name)
+
+
+# --------------------------------------------------------------------------- inference
+
+
+@dataclass(frozen=True)
+class Activations:
+    """float32 rows (n_tok, n_in) converted once for the dot products of a weight type (notes 3.2):
+    Q8_K for the K-quants, Q8_0 (with Q8_1's sums) for the 32-blocks, values rounded to F16/BF16
+    for those weights. One conversion serves every weight whose type has the same `format`
+    (e.g. the Q, K and V projections). `data` is laid out by the C side in panels of 4 tokens."""
+
+    format: int
+    n_tok: int
+    n_in: int
+    data: np.ndarray
+
+
+def _isa(isa: str | None) -> int:
+    name = backend() if isa is None else isa
+    if name not in _ISAS:
+        raise ValueError(f"isa must be one of {', '.join(_ISAS)}, got {name!r}")
+    return _ISAS[name]
+
+
+def _act_format(qtype: GGMLQuantizationType) -> int:
+    return _check(_lib.qk_act_format(qtype), f"activations for {qtype.name}")
+
+
+def quantize_activations(qtype: GGMLQuantizationType, x: np.ndarray, *, threads: int = 1) -> Activations:
+    """Convert float32 rows x (n_tok, n_in) for matmuls with weights of `qtype`."""
+    qtype = _supported(qtype)
+    _require(x, "x", np.float32, 2)
+    n_tok, n_in = x.shape
+    _row_bytes(qtype, n_in)
+    nbytes = _check(_lib.qk_act_bytes(qtype, n_tok, n_in), f"activations of {n_tok} x {n_in}")
+    data = np.empty(nbytes, dtype=np.uint8)
+    panel = _lib.QK_PANEL
+
+    def work(a: int, b: int) -> None:  # panels a..b-1
+        t0, t1 = a * panel, min(n_tok, b * panel)
+        lo, hi = _lib.qk_act_bytes(qtype, t0, n_in), _lib.qk_act_bytes(qtype, t1, n_in)
+        dst = data[lo:hi]
+        _check(
+            _lib.qk_quantize_act(
+                qtype, _ffi.from_buffer("float[]", x[t0:t1]), t1 - t0, n_in,
+                _ffi.from_buffer("uint8_t[]", dst, require_writable=True), dst.size,
+            ),
+            f"converting activations {t0}..{t1} for {qtype.name}",
+        )
+
+    _run(-(-n_tok // panel), threads, work)
+    return Activations(_act_format(qtype), n_tok, n_in, data)
+
+
+def _weight_rows(qtype: GGMLQuantizationType, weight: np.ndarray, row_bytes: int) -> None:
+    """A weight is 2-D, C-contiguous, rows of row_bytes: uint8 rows for any type, or the natural
+    dtype of F32 (float32), F16 (float16/uint16) and BF16 (uint16, ml_dtypes bfloat16)."""
+    if not isinstance(weight, np.ndarray):
+        raise TypeError(f"weight must be a numpy array, got {type(weight).__name__}")
+    natural = {T.F32: ("float32",), T.F16: ("float16", "uint16"), T.BF16: ("uint16", "bfloat16")}
+    if weight.dtype != np.uint8 and weight.dtype.name not in natural.get(qtype, ()):
+        raise ValueError(f"{qtype.name} weight must be uint8 rows, got {weight.dtype.name}")
+    if weight.ndim != 2 or weight.shape[1] * weight.itemsize != row_bytes:
+        raise ValueError(f"{qtype.name} weight rows must hold {row_bytes} bytes, got shape {weight.shape} of {weight.dtype.name}")
+    if not weight.flags.c_contiguous:
+        raise ValueError("weight must be C-contiguous (a slice of whole rows of a memmap is)")
+    align = 4 if qtype == T.F32 else 2
+    if weight.ctypes.data % align and weight.size:
+        raise ValueError(f"{qtype.name} weight must be {align}-byte aligned")
+
+
+def _out_matrix(out: np.ndarray | None, n_tok: int, n_out: int) -> tuple[np.ndarray, int]:
+    """The output and its row stride in floats; `out` may be a column slice of a wider array."""
+    if out is None:
+        return np.empty((n_tok, n_out), dtype=np.float32), n_out
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != (n_tok, n_out):
+        raise ValueError(f"out must be float32 of shape {(n_tok, n_out)}")
+    if not out.flags.writeable:
+        raise ValueError("out must be writable")
+    if n_tok and n_out and (out.strides[1] != 4 or out.ctypes.data % 4):
+        raise ValueError("out rows must be contiguous float32 (C order, or a column slice of it)")
+    ld = out.strides[0] // 4 if n_tok > 1 else n_out
+    if n_tok > 1 and (out.strides[0] % 4 or ld < n_out):
+        raise ValueError("out rows must not overlap")
+    return out, ld
+
+
+def matmul(
+    qtype: GGMLQuantizationType,
+    weight: np.ndarray,
+    x: np.ndarray | Activations,
+    *,
+    out: np.ndarray | None = None,
+    threads: int = 1,
+    isa: str | None = None,
+) -> np.ndarray:
+    """out (n_tok, n_out) = x (n_tok, n_in) @ W.T, with W (n_out rows of `qtype`) kept quantized.
+
+    `weight`: uint8 (n_out, row_bytes), e.g. a read-only memmap slice of a GGUF tensor, or the
+    natural dtype for F32/F16/BF16. `x`: float32 C-contiguous, or `quantize_activations` of it.
+    `out`: float32 (n_tok, n_out), C order or a column slice of a wider array. Threads split the
+    output rows; the result has the same bits for any thread count. `isa`: override `backend()`.
+    """
+    qtype = _supported(qtype)
+    isa_id = _isa(isa)
+    acts = x if isinstance(x, Activations) else quantize_activations(qtype, x, threads=threads)
+    if acts.format != _act_format(qtype):
+        raise ValueError(f"activations were converted for another weight format than {qtype.name}'s")
+    _require(acts.data, "activations", np.uint8, 1)
+    n_tok, n_in = acts.n_tok, acts.n_in
+    row_bytes = _row_bytes(qtype, n_in)
+    _weight_rows(qtype, weight, row_bytes)
+    n_out = weight.shape[0]
+    out, ld = _out_matrix(out, n_tok, n_out)
+    if not n_tok or not n_out:
+        return out
+    w = _ffi.from_buffer("uint8_t[]", weight)
+    act = _ffi.from_buffer("uint8_t[]", acts.data)
+    dst = _ffi.cast("float *", out.ctypes.data)
+
+    def work(a: int, b: int) -> None:
+        _check(
+            _lib.qk_matmul(isa_id, qtype, w + a * row_bytes, b - a, row_bytes, act, acts.data.size, n_tok, n_in, dst + a, ld),
+            f"{qtype.name} matmul of rows {a}..{b} by {n_tok} x {n_in}",
+        )
+
+    _run(n_out, threads, work)
+    return out
+
+
+def _same_shape_out(out: np.ndarray | None, like: np.ndarray) -> np.ndarray:
+    if out is None:
+        return np.empty_like(like)
+    _require(out, "out", np.float32, like.ndim)
+    if out.shape != like.shape or not out.flags.writeable:
+        raise ValueError(f"out must be writable float32 of shape {like.shape}, got {out.shape}")
+    return out
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray | None, eps: float, *, out: np.ndarray | None = None) -> np.ndarray:
+    """out (n, d) = x * 1/sqrt(mean(x^2) + eps) * weight, as ggml's rms_norm + mul (sum of squares
+    in double). `weight`: float32 (d,) or None; `out` may be x."""
+    _require(x, "x", np.float32, 2)
+    w = _ffi.NULL
+    if weight is not None:
+        _require(weight, "weight", np.float32, 1)
+        if weight.shape[0] != x.shape[1]:
+            raise ValueError(f"weight has {weight.shape[0]} values, rows have {x.shape[1]}")
+        w = _ffi.from_buffer("float[]", weight)
+    out = _same_shape_out(out, x)
+    if x.size:
+        _check(
+            _lib.qk_rms_norm(_ffi.from_buffer("float[]", x), x.shape[0], x.shape[1], w, eps,
+                             _ffi.from_buffer("float[]", out, require_writable=True)),
+            f"rms_norm of {x.shape}",
+        )
+    return out
+
+
+def rope(
+    x: np.ndarray,
+    positions: np.ndarray,
+    *,
+    freq_base: float,
+    neox: bool,
+    n_dims: int | None = None,
+    freq_scale: float = 1.0,
+    freq_factors: np.ndarray | None = None,
+) -> np.ndarray:
+    """Rotate x (n_tok, n_head, head_dim) float32 in place and return it: the first n_dims (default
+    head_dim) values of each head by angle pos * freq_base^(-2i/n_dims) * freq_scale / freq_factors[i].
+    neox=False: llama.cpp's normal mode, pairs (2i, 2i+1) (llama, after the converter's Q/K permute);
+    neox=True: pairs (i, i + n_dims/2) (qwen2). positions: int32 (n_tok,)."""
+    _require(x, "x", np.float32, 3)
+    if not x.flags.writeable:
+        raise ValueError("x must be writable")
+    _require(positions, "positions", np.int32, 1)
+    n_tok, n_head, head_dim = x.shape
+    if positions.shape[0] != n_tok:
+        raise ValueError(f"{positions.shape[0]} positions for {n_tok} tokens")
+    n_dims = head_dim if n_dims is None else n_dims
+    ff = _ffi.NULL
+    if freq_factors is not None:
+        _require(freq_factors, "freq_factors", np.float32, 1)
+        if freq_factors.shape[0] < n_dims // 2:
+            raise ValueError(f"freq_factors needs {n_dims // 2} values, got {freq_factors.shape[0]}")
+        ff = _ffi.from_buffer("float[]", freq_factors)
+    if x.size:
+        _check(
+            _lib.qk_rope(
+                _ffi.from_buffer("float[]", x, require_writable=True), n_tok, n_head, head_dim, n_dims,
+                _ffi.from_buffer("int32_t[]", positions), freq_base, freq_scale, ff,
+                _lib.QK_ROPE_NEOX if neox else _lib.QK_ROPE_NORMAL,
+            ),
+            f"rope of {x.shape} over {n_dims} dims",
+        )
+    return x
+
+
+def _kv_view(arr: np.ndarray, name: str) -> None:
+    if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or arr.ndim != 3:
+        raise ValueError(f"{name} must be a float32 (n_kv_tok, n_head_kv, head_dim) array")
+    if arr.size and (arr.strides[2] != 4 or min(arr.strides) < 0 or arr.strides[0] % 4 or arr.strides[1] % 4
+                     or arr.ctypes.data % 4):
+        raise ValueError(f"{name} needs contiguous head_dim rows and non-negative float strides")
+
+
+def attention(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    *,
+    out: np.ndarray | None = None,
+    scale: float | None = None,
+    threads: int = 1,
+) -> np.ndarray:
+    """Causal grouped-query attention; returns out (n_tok, n_head, head_dim).
+
+    q: float32 (n_tok, n_head, head_dim), C-contiguous. k, v: float32 (n_kv_tok, n_head_kv,
+    head_dim) with n_kv_tok >= n_tok, any strides with contiguous head_dim rows (a cache laid out
+    (n_head_kv, T, head_dim) passes as cache[:, :t].transpose(1, 0, 2)). The queries are the last
+    n_tok positions: query t sees keys 0..n_kv_tok - n_tok + t. Query head h reads KV head
+    h // (n_head // n_head_kv). Softmax of scale * q.k, scale = 1/sqrt(head_dim) by default.
+    Threads split the heads."""
+    _require(q, "q", np.float32, 3)
+    _kv_view(k, "k")
+    _kv_view(v, "v")
+    n_tok, n_head, head_dim = q.shape
+    n_kv_tok, n_head_kv, kv_dim = k.shape
+    if v.shape != k.shape or v.strides != k.strides:
+        raise ValueError(f"k and v must have the same shape and strides, got {k.shape} and {v.shape}")
+    if kv_dim != head_dim or n_kv_tok < n_tok or n_head_kv < 1 or n_head % n_head_kv:
+        raise ValueError(f"q {q.shape} does not fit k/v {k.shape}: need the same head_dim, "
+                         "at least as many positions, and n_head a multiple of n_head_kv")
+    out = _same_shape_out(out, q)
+    if not q.size:
+        return out
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
+    qp, op = _ffi.from_buffer("float[]", q), _ffi.from_buffer("float[]", out, require_writable=True)
+    kp, vp = _ffi.cast("float *", k.ctypes.data), _ffi.cast("float *", v.ctypes.data)
+    tok_stride, head_stride = k.strides[0] // 4, k.strides[1] // 4
+
+    def work(h0: int, h1: int) -> None:
+        scratch = np.empty(n_kv_tok, dtype=np.float32)
+        _check(
+            _lib.qk_attention(
+                qp, kp, vp, op, n_tok, n_kv_tok, n_head, n_head_kv, head_dim, tok_stride, head_stride, h0, h1,
+                scale, _ffi.from_buffer("float[]", scratch, require_writable=True), n_kv_tok,
+            ),
+            f"attention of heads {h0}..{h1}, {n_tok} queries over {n_kv_tok} positions",
+        )
+
+    _run(n_head, threads, work)
+    return out
+
+
+def swiglu(gate: np.ndarray, up: np.ndarray, *, out: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
+    """out = silu(gate) * up = gate / (1 + exp(-gate)) * up, float32 of the same shape (C order);
+    `out` may be gate or up."""
+    _require(gate, "gate", np.float32, gate.ndim)
+    _require(up, "up", np.float32, gate.ndim)
+    if up.shape != gate.shape:
+        raise ValueError(f"gate {gate.shape} and up {up.shape} differ")
+    out = _same_shape_out(out, gate)
+    g, u, o = gate.reshape(-1), up.reshape(-1), out.reshape(-1)
+
+    def work(a: int, b: int) -> None:
+        _check(
+            _lib.qk_swiglu(_ffi.from_buffer("float[]", g[a:b]), _ffi.from_buffer("float[]", u[a:b]), b - a,
+                           _ffi.from_buffer("float[]", o[a:b], require_writable=True)),
+            f"swiglu of {b - a} values",
+        )
+
+    _run(g.size, threads, work)
+    return out
+
+
+def log_softmax(x: np.ndarray, *, out: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
+    """out (n, vocab) = log_softmax of each row of x, as llama-perplexity computes it: x - max -
+    log(sum exp(x - max)), the sum in double. `out` may be x."""
+    _require(x, "x", np.float32, 2)
+    out = _same_shape_out(out, x)
+    n_rows, n = x.shape
+
+    def work(a: int, b: int) -> None:
+        _check(
+            _lib.qk_log_softmax(_ffi.from_buffer("float[]", x[a:b]), b - a, n,
+                                _ffi.from_buffer("float[]", out[a:b], require_writable=True)),
+            f"log_softmax of {b - a} rows of {n}",
+        )
+
+    if n:
+        _run(n_rows, threads, work)
+    return out

@@ -243,6 +243,16 @@ def test_reference_vocab_round_trip(name: str, tmp_path: Path) -> None:
     assert ours == theirs
 
 
+def test_named_chat_templates_round_trip(tmp_path: Path) -> None:
+    meta = dict(_gguf_meta(_reference_dir() / "ggml-vocab-gpt-2.gguf"))
+    meta.update({"tokenizer.chat_template": "{{ default }}", "tokenizer.chat_template.tool_use": "{{ tools }}",
+                 "tokenizer.chat_template.rag": "{{ documents }}", "tokenizer.chat_templates": ["tool_use", "rag"]})
+    values = _tokenizer_values(_ours(_export(meta, tmp_path, arch="llama"), "llama"))
+    assert list(values)[-4:] == ["tokenizer.chat_template.tool_use", "tokenizer.chat_template.rag",
+                                 "tokenizer.chat_templates", "tokenizer.chat_template"]
+    assert {k: values[k] for k in list(values)[-4:]} == {k: meta[k] for k in list(values)[-4:]}
+
+
 def test_rebuilt_sentencepiece_model_tokenizes_like_the_original(tmp_path: Path) -> None:
     for name in ("llama-spm", "phi-3"):
         _export(_gguf_meta(_reference_dir() / f"ggml-vocab-{name}.gguf"), tmp_path / name, arch="llama")

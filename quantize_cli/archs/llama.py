@@ -11,6 +11,7 @@ import numpy as np
 
 from quantize_cli.archs.base import DecoderFamily, RowPermute, n_heads
 from quantize_cli.archs.registry import register
+from quantize_cli.formats.tokenizer_export import config_token_ids
 
 
 def qk_permute_order(n_rows: int, n_head: int) -> np.ndarray:
@@ -103,17 +104,14 @@ def hf_decoder_config(meta: dict[str, Any], *, arch: str, hf_arch: str, model_ty
         "max_position_embeddings": get("context_length"),
         "rms_norm_eps": get("attention.layer_norm_rms_epsilon"),
         "rope_theta": get("rope.freq_base", 10000.0),
-        "vocab_size": get("vocab_size", len(meta.get("tokenizer.ggml.tokens", []))),
+        "vocab_size": len(meta["tokenizer.ggml.tokens"]) if "tokenizer.ggml.tokens" in meta else get("vocab_size"),
         "tie_word_embeddings": tied,
         "hidden_act": "silu",
         "torch_dtype": {"F16": "float16", "BF16": "bfloat16"}[dtype],
     }
     if (head_dim := get("attention.key_length")) is not None and head_dim != n_embd // n_head:
         config["head_dim"] = head_dim
-    if (bos := meta.get("tokenizer.ggml.bos_token_id")) is not None:
-        config["bos_token_id"] = bos
-    if (eos := meta.get("tokenizer.ggml.eos_token_id")) is not None:
-        config["eos_token_id"] = eos
+    config.update(config_token_ids(meta))  # the converter falls back to these for special tokens
     if get("rope.scaling.type") == "linear":
         config["rope_scaling"] = {"type": "linear", "factor": get("rope.scaling.factor")}
     return config

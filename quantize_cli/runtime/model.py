@@ -2,7 +2,7 @@
 
     Config    hyperparameters from the GGUF metadata
     Weights   the tensors, still quantized and memory-mapped (only norms and biases are copied)
-    RunState  preallocated activations and KV cache for one chunk of n_ctx positions
+    RunState  preallocated activations and KV cache for one sequence of up to n_ctx positions
     forward   runs a batch of tokens at consecutive positions and returns logits
 
 Supported families are entries in ARCHS (llama, qwen2). The forward pass mirrors llama.cpp's graph
@@ -223,26 +223,23 @@ def _load_weights(table: _TensorTable, c: Config) -> Weights:
 class RunState:
     """Every buffer of a forward pass, allocated once for batches of up to n_batch tokens."""
 
-    def __init__(self, c: Config, weights: Weights, *, n_ctx: int, n_batch: int, n_logits: int) -> None:
-        n, q_dim, kv_dim, group = n_batch, c.n_head * c.head_dim, c.n_head_kv * c.head_dim, c.n_head // c.n_head_kv
+    def __init__(self, c: Config, *, n_ctx: int, n_batch: int, n_logits: int) -> None:
+        n, q_dim, kv_dim = n_batch, c.n_head * c.head_dim, c.n_head_kv * c.head_dim
         self.n_ctx, self.n_batch = n_ctx, n_batch
         f32 = np.float32
         self.x = np.empty((n, c.n_embd), f32)       # residual stream
         self.xb = np.empty((n, c.n_embd), f32)      # normed input of a block
         self.xb2 = np.empty((n, c.n_embd), f32)     # output of a block (attn_output / ffn_down)
-        self.q = np.empty((n, q_dim), f32)          # queries
+        self.q = np.empty((n, q_dim), f32)          # queries, heads side by side
         self.k = np.empty((n, kv_dim), f32)         # keys of the batch
         self.v = np.empty((n, kv_dim), f32)         # values of the batch
-        self.att_out = np.empty((n, q_dim), f32)    # attention output, heads side by side
-        self.scores = np.empty((c.n_head_kv, group * n, n_ctx), f32)  # attention scores (scratch)
+        self.att = np.empty((n, q_dim), f32)        # attention output, heads side by side
         self.hb = np.empty((n, c.n_ff), f32)        # ffn gate, then silu(gate) * up
         self.hb2 = np.empty((n, c.n_ff), f32)       # ffn up
-        # f16-rounded keys and values of every layer and position (llama.cpp's default f16 cache)
-        self.key_cache = np.zeros((c.n_layer, c.n_head_kv, n_ctx, c.head_dim), f32)
-        self.value_cache = np.zeros((c.n_layer, c.n_head_kv, n_ctx, c.head_dim), f32)
+        # keys and values of every layer and position, rounded to f16 as in llama.cpp's default cache
+        self.key_cache = np.zeros((c.n_layer, n_ctx, c.n_head_kv, c.head_dim), f32)
+        self.value_cache = np.zeros((c.n_layer, n_ctx, c.n_head_kv, c.head_dim), f32)
         self.logits = np.empty((n_logits, c.n_vocab), f32)  # lm head output for the requested rows
-        self.cos, self.sin = ops.rope_tables(n_ctx, c.n_rot, c.rope_base, c.rope_freq_scale,
-                                             weights.rope_freqs)  # (n_ctx, n_rot/2) each
 
 
 def forward(model: Model, s: RunState, tokens: np.ndarray, pos: int, *, logits_from: int = 0,
@@ -258,36 +255,40 @@ def forward(model: Model, s: RunState, tokens: np.ndarray, pos: int, *, logits_f
         raise ValueError(f"batch of {n} at position {pos} (logits from {logits_from}) does not fit the RunState")
     if int(tokens.min()) < 0 or int(tokens.max()) >= c.n_vocab:
         raise ValueError(f"token id out of range 0..{c.n_vocab - 1}")
-    x, xb, xb2 = s.x[:n], s.xb[:n], s.xb2[:n]
-    q, k, v, att_out, hb, hb2 = s.q[:n], s.k[:n], s.v[:n], s.att_out[:n], s.hb[:n], s.hb2[:n]
-    cos, sin = s.cos[pos:pos + n], s.sin[pos:pos + n]
+    x, xb, xb2, hb, hb2 = s.x[:n], s.xb[:n], s.xb2[:n], s.hb[:n], s.hb2[:n]
+    q = s.q[:n].reshape(n, c.n_head, c.head_dim)
+    k = s.k[:n].reshape(n, c.n_head_kv, c.head_dim)
+    v = s.v[:n].reshape(n, c.n_head_kv, c.head_dim)
+    att = s.att[:n].reshape(n, c.n_head, c.head_dim)
+    positions = np.arange(pos, pos + n, dtype=np.int32)
+    rope = dict(base=c.rope_base, neox=c.rope_neox, n_rot=c.n_rot, freq_scale=c.rope_freq_scale,
+                freq_factors=w.rope_freqs)
 
     x[...] = w.token_embd.rows(tokens, threads=threads)
     for li, lw in enumerate(w.layers):
         # attention
         ops.rmsnorm(x, lw.attn_norm, c.rms_eps, out=xb)
-        for wt, bias, dst in ((lw.wq, lw.bq, q), (lw.wk, lw.bk, k), (lw.wv, lw.bv, v)):
-            ops.matmul(wt, xb, dst, threads=threads)
+        ops.matmul(xb, [(lw.wq, s.q[:n]), (lw.wk, s.k[:n]), (lw.wv, s.v[:n])], threads=threads)
+        for bias, dst in ((lw.bq, s.q[:n]), (lw.bk, s.k[:n]), (lw.bv, s.v[:n])):
             if bias is not None:
                 dst += bias
-        ops.rope(q, c.n_head, c.head_dim, cos, sin, neox=c.rope_neox)
-        ops.rope(k, c.n_head_kv, c.head_dim, cos, sin, neox=c.rope_neox)
-        kc, vc = s.key_cache[li], s.value_cache[li]  # (n_head_kv, n_ctx, head_dim)
-        kc[:, pos:pos + n] = k.reshape(n, c.n_head_kv, c.head_dim).transpose(1, 0, 2).astype(np.float16)
-        vc[:, pos:pos + n] = v.reshape(n, c.n_head_kv, c.head_dim).transpose(1, 0, 2).astype(np.float16)
-        ops.attention(q, kc, vc, pos, s.scores, out=att_out)
-        ops.matmul(lw.wo, att_out, xb2, threads=threads)
+        ops.rope(q, positions, **rope)
+        ops.rope(k, positions, **rope)
+        kc, vc = s.key_cache[li, :pos + n], s.value_cache[li, :pos + n]  # (pos+n, n_head_kv, head_dim)
+        kc[pos:] = k.astype(np.float16)
+        vc[pos:] = v.astype(np.float16)
+        ops.attention(q, kc, vc, out=att, threads=threads)
+        ops.matmul(s.att[:n], [(lw.wo, xb2)], threads=threads)
         x += xb2
         # feed-forward
         ops.rmsnorm(x, lw.ffn_norm, c.rms_eps, out=xb)
-        ops.matmul(lw.w_gate, xb, hb, threads=threads)
-        ops.matmul(lw.w_up, xb, hb2, threads=threads)
-        ops.swiglu(hb, hb2)
-        ops.matmul(lw.w_down, hb, xb2, threads=threads)
+        ops.matmul(xb, [(lw.w_gate, hb), (lw.w_up, hb2)], threads=threads)
+        ops.swiglu(hb, hb2, threads=threads)
+        ops.matmul(hb, [(lw.w_down, xb2)], threads=threads)
         x += xb2
 
     logits = s.logits[:n - logits_from]
     if n - logits_from:
         xo = ops.rmsnorm(x[logits_from:], w.output_norm, c.rms_eps, out=xb[logits_from:])
-        ops.matmul(w.output, xo, logits, threads=threads)
+        ops.matmul(xo, [(w.output, logits)], threads=threads)
     return logits

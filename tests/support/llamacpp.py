@@ -294,7 +294,8 @@ def tokenize(model_gguf: Path, text_file: Path | None = None, *, text: str | Non
         raise ValueError("give exactly one of text_file and text")
     cmd: list[str | Path] = [tool("llama-tokenize"), "-m", model_gguf, "--ids", "--no-escape", "--log-disable"]
     cmd += [] if add_bos else ["--no-bos"]
-    cmd += ["--parse-special"] if parse_special else ["--no-parse-special"]
+    if not parse_special:  # llama-tokenize parses special tokens by default; only the opt-out exists
+        cmd += ["--no-parse-special"]
     if text is not None:
         proc = run([*cmd, "--stdin"], stdin=text.encode("utf-8"), what="llama-tokenize")
     else:
