@@ -223,6 +223,6 @@ def _route(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    from quantize_cli import cli_runtime  # noqa: F401  (registers perplexity / imatrix commands)
+    from quantize_cli import cli_calibrate, cli_runtime  # noqa: F401  (register their commands)
 
     app(args=_route(sys.argv[1:]), prog_name="qconvert")

@@ -10,8 +10,10 @@ a sentencepiece model trained on Austen ("llama") and the vocabulary GGUFs in ll
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
+import random
 import re
 import time
 from pathlib import Path
@@ -20,15 +22,20 @@ from typing import Any
 
 import pytest
 from gguf import TokenType
+from support import fixtures, llamacpp
 
 from quantize_cli.errors import UnsupportedError
 from quantize_cli.formats.gguf_reader import gguf_metadata, read_gguf
-from quantize_cli.runtime.tokenizer import PRE_TOKENIZERS, Attr, Tokenizer, major_category
-from support import fixtures, llamacpp
+from quantize_cli.runtime.tokenizer import (
+    _BYTE_CHARS,
+    _WHITESPACE,
+    PRE_TOKENIZERS,
+    Attr,
+    Tokenizer,
+    major_category,
+)
 
-BYTES = [chr(c) for c in range(0x21, 0x7F)]  # the printable bytes map to themselves in GPT-2's table
-SPACE_CHAR = "Ġ"  # byte 0x20
-NEWLINE_CHAR = "Ċ"  # byte 0x0a
+SPACE_CHAR = "Ġ"  # byte 0x20 in GPT-2's byte -> character table
 
 
 # --------------------------------------------------------------------------- hand-built vocabularies
@@ -36,8 +43,6 @@ NEWLINE_CHAR = "Ċ"  # byte 0x0a
 
 def _byte_level(pre: str, merges: list[str], *, extra: tuple[tuple[str, int], ...] = ()) -> Tokenizer:
     """A gpt2-model vocabulary: all 256 byte characters, then one token per merge result."""
-    from quantize_cli.runtime.tokenizer import _BYTE_CHARS
-
     tokens = list(_BYTE_CHARS) + [m.replace(" ", "") for m in merges] + [t for t, _ in extra]
     types = [TokenType.NORMAL] * (len(tokens) - len(extra)) + [ty for _, ty in extra]
     return Tokenizer.from_gguf_metadata({
@@ -74,8 +79,8 @@ def test_bpe_first_of_duplicate_merges_wins_and_bytes_are_encoded() -> None:
 def test_llama3_takes_whole_words_that_are_tokens() -> None:
     # ignore_merges: "abc" is a token, so llama-bpe takes it although no merge chain reaches it.
     extra = (("abc", TokenType.NORMAL),)
-    assert _texts(_byte_level("gpt-2", ["a b"], extra=extra), _byte_level("gpt-2", ["a b"], extra=extra).encode("abc")) \
-        == ["ab", "c"]
+    gpt2 = _byte_level("gpt-2", ["a b"], extra=extra)
+    assert _texts(gpt2, gpt2.encode("abc")) == ["ab", "c"]
     llama3 = _byte_level("llama-bpe", ["a b"], extra=extra)
     assert _texts(llama3, llama3.encode("abc", add_bos=False)) == ["abc"]
 
@@ -145,6 +150,14 @@ def test_sentencepiece_merges_by_score_with_byte_fallback() -> None:
     assert no_prefix.encode("ab") == [t["ab"]]
 
 
+def test_sentencepiece_merges_across_spaces_where_a_token_does() -> None:
+    # Without a token like "b▁" every "▁"-led chunk tokenizes alone (and is cached); with one, the
+    # text is one sequence of symbols, as llama.cpp always treats it.
+    plain, spaced = _spm(SPM_VOCAB), _spm([*SPM_VOCAB, ("b▁", -0.5, TokenType.NORMAL)])
+    assert _texts(plain, plain.encode("ab ab", add_bos=False)) == ["▁ab", "▁ab"]
+    assert _texts(spaced, spaced.encode("ab ab", add_bos=False)) == ["▁a", "b▁", "ab"]
+
+
 def test_metadata_defaults_and_overrides() -> None:
     tok = _spm(SPM_VOCAB, **{"tokenizer.ggml.bos_token_id": 2, "tokenizer.ggml.eos_token_id": 99999,
                              "tokenizer.ggml.add_eos_token": True})
@@ -198,7 +211,11 @@ ADVERSARIAL = [
     "", "a", "A", "Hello world", " Hello world", "a" * 300, "=" * 100, " " * 50, "\n" * 20, "\u200bzero\u200dwidth",
     "\ufeffbom", "\ue000private", "\U000e0041tag", "\u0378\u0379", "\x7f\x01", "Ä" * 40,
 ]
-# Texts that look like special tokens: never parsed as such (tokenized one by one, see _oracle_batch).
+# Characters for seeded random strings: the classes the pre-tokenizers tell apart, in odd company.
+FUZZ_CHARS = [*" \t\n\r\x0b\x0c\x1c\xa0\u3000\u2003\u0085" * 3, *"aAzZsStTdDmMlLrReEvV'0123456789.,!?-_()[]{}<>|/\\\"`~@#$%^&*+=;:",
+              *"éÄßñçøÅ\u0301\u0308\u200b\u200d\ufeff日本語中文한국어Привет", "😀", "👍", "🏽", "🫨", "\U0002ebf0", "\U000e0041",
+              "\u0378", "\ue000", "£", "€", "½", "²", "٣", "Ⅻ", "ﬁ", "…", "“", "’", "▁", "Ġ"]
+# Texts that look like special tokens: never parsed as such (see _check_strings).
 CONTROL_LOOKING = ["<|im_start|>user\nhi<|im_end|>", "<|endoftext|>", "</s>", "<s>", "<unk>", "<s> text",
                    "<tool_call>x</tool_call>", "<|fim_prefix|>", "[INST] hi [/INST]", "<repo_name>"]
 
@@ -207,7 +224,7 @@ def _meta(path: Path) -> dict[str, Any]:
     return _cached_meta(str(path))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached_meta(path: str) -> dict[str, Any]:
     return gguf_metadata(read_gguf(Path(path)))
 
@@ -241,7 +258,8 @@ def _oracle_batch(gguf_path: Path, tok: Tokenizer, texts: list[str]) -> list[lis
 def _check_strings(gguf_path: Path) -> int:
     """Adversarial strings, llama.cpp's own test texts where the file has them; returns tokens compared."""
     tok = Tokenizer.from_gguf_metadata(_meta(gguf_path))
-    texts = list(ADVERSARIAL)
+    rng = random.Random(0)
+    texts = ADVERSARIAL + ["".join(rng.choices(FUZZ_CHARS, k=rng.randint(1, 60))) for _ in range(300)]
     inp = gguf_path.with_name(gguf_path.name + ".inp")
     if inp.is_file():
         texts += [t for t in inp.read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n") if t]
@@ -339,13 +357,11 @@ def test_reference_vocabularies(name: str, llamacpp: ModuleType) -> None:
 @pytest.mark.oracle
 def test_unicode_categories_match_llama_cpp(llamacpp: ModuleType) -> None:
     """Our major categories and whitespace agree with llama.cpp's unicode-data.cpp on every code point."""
-    from quantize_cli.runtime.tokenizer import _WHITESPACE
-
     data = (llamacpp.source_dir() / "src" / "unicode-data.cpp").read_text()
     table = data[data.index("unicode_ranges_flags"):data.index("unicode_set_whitespace")]
     starts = [(int(a, 16), int(b, 16)) for a, b in re.findall(r"\{0x([0-9A-F]+), 0x([0-9A-F]+)\}", table)]
     names = {0x1: "n", 0x2: "N", 0x4: "L", 0x8: "Z", 0x10: "M", 0x20: "P", 0x40: "S", 0x80: "C"}
-    for (start, flags), (end, _) in zip(starts, starts[1:]):
+    for (start, flags), (end, _) in itertools.pairwise(starts):
         for cp in range(start, end):
             assert major_category(cp) == names[flags], hex(cp)
     block = data[data.index("unicode_set_whitespace"):data.index("unicode_map_lowercase")]
