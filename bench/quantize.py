@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
-from measure import measure, print_table, qconvert_cmd
 
+from measure import measure, print_table, qconvert_cmd
 from quantize_cli import kernels
 from tests.support import fixtures, llamacpp
 

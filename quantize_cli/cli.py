@@ -70,7 +70,8 @@ def convert_cmd(
     from quantize_cli.formats.imatrix import load_imatrix
     from quantize_cli.hub import resolve_model
     from quantize_cli.plan import plan_from_gguf, plan_from_hf
-    from quantize_cli.qtypes import file_type, tensor_type as parse_tensor_type
+    from quantize_cli.qtypes import file_type
+    from quantize_cli.qtypes import tensor_type as parse_tensor_type
     from quantize_cli.recipes import Overrides
 
     ftype = file_type(type_)

@@ -103,8 +103,14 @@ def _chunk_display(*, kld: bool) -> Iterator[Callable[[ChunkReport], None]]:
     """Per-chunk output on stderr: on a terminal a progress bar (tokens/s, ETA, running value) and,
     in KLD runs, llama-perplexity's per-chunk table above it; otherwise the plain running list
     "[1]15.5928,[2]18.0898," (PPL runs) or the table lines, as llama-perplexity prints them."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     def kld_line(r: ChunkReport) -> str:
         k = r.kld

@@ -14,12 +14,19 @@ from quantize_cli.archs import family_for_config, family_for_gguf
 from quantize_cli.errors import InputError, OptionError, UnsupportedError
 from quantize_cli.formats.gguf_reader import gguf_kvs, read_gguf
 from quantize_cli.formats.gguf_writer import TensorInfo
+from quantize_cli.formats.imatrix import ImportanceMatrix
 from quantize_cli.formats.kv import KV
 from quantize_cli.formats.safetensors import open_checkpoint
 from quantize_cli.model_metadata import converter_kvs, requantized_kvs
 from quantize_cli.qtypes import FileType
-from quantize_cli.formats.imatrix import ImportanceMatrix
-from quantize_cli.recipes import QUANTIZED, Overrides, converter_type, llama_tensor_order, quantize_types
+from quantize_cli.recipes import (
+    QUANTIZED,
+    Overrides,
+    converter_keeps_f32,
+    converter_type,
+    llama_tensor_order,
+    quantize_types,
+)
 from quantize_cli.sources import ArrayRows, GGUFRows, RowSource, SafetensorsRows
 
 CONVERTER_TYPES = {T.F32, T.F16, T.BF16, T.Q8_0}
@@ -145,10 +152,8 @@ def _lossless_file_type(entries: list[tuple[str, RowSource]]) -> int:
 
 
 def _converter_stored_type(name: str, src: RowSource) -> T:
-    """The type a tensor has in the converter's lossless output: 1-D, norms and biases become F32."""
-    if len(src.shape) <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight"):
-        return T.F32
-    return src.stored_type
+    """The type a tensor has in the converter's lossless output."""
+    return T.F32 if converter_keeps_f32(name, src.shape) else src.stored_type
 
 
 # --- GGUF input ------------------------------------------------------------------------------

@@ -24,9 +24,14 @@ QUANTIZED = {T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K}
 FALLBACK = {T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0}
 
 
+def converter_keeps_f32(name: str, shape: tuple[int, ...]) -> bool:
+    """1-D tensors, norms and biases: the converter writes them F32 whatever the --outtype."""
+    return len(shape) <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight")
+
+
 def converter_type(name: str, shape: tuple[int, ...], ftype: FileType) -> T:
     """The type convert_hf_to_gguf.py gives tensor `name` for `--outtype ftype`."""
-    if len(shape) <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight"):
+    if converter_keeps_f32(name, shape):
         return T.F32
     target = ftype.default
     if shape[-1] % block_size(target):

@@ -20,9 +20,9 @@ from gguf import GGMLQuantizationType as T
 
 from quantize_cli.archs import family_for_gguf
 from quantize_cli.errors import InputError, OptionError, OutputError
+from quantize_cli.formats.gguf_reader import gguf_metadata, read_gguf
 from quantize_cli.formats.safetensors import write_safetensors
 from quantize_cli.formats.tokenizer_export import write_hf_tokenizer
-from quantize_cli.formats.gguf_reader import gguf_metadata, read_gguf
 
 GENERATED_TENSORS = {"rope_freqs.weight"}  # the converter recomputes these from config.json
 SAMPLING_KEYS = {  # general.sampling.* -> generation_config.json

@@ -5,7 +5,7 @@ llama-cpp-python 0.3.36). Two vocabulary types:
 
 - "gpt2": byte-level BPE. The text is split into words by the pre-tokenizer named in
   tokenizer.ggml.pre (llama.cpp's regex lists, several of which it implements by hand in
-  unicode.cpp; here they run as Python regexes over its "collapsed" text, see _collapse), each
+  unicode.cpp; here they run as Python regexes over its "collapsed" text, see _Collapse), each
   word is byte-encoded and merged by rank (tokenizer.ggml.merges).
 - "llama": llama.cpp's SentencePiece tokenizer (llm_tokenizer_spm): spaces become U+2581, a
   space is prefixed where tokenizer.ggml.add_space_prefix asks, adjacent symbols merge by
@@ -22,7 +22,7 @@ import bisect
 import heapq
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntFlag
 from typing import Any
@@ -231,7 +231,6 @@ PRE_TOKENIZERS: dict[str, PreTokenizer] = {
             "solar-open"),
     "qwen35": PreTokenizer((QWEN35_RE,)),
 }
-MODELS = ("gpt2", "llama")
 
 
 def _byte_chars() -> list[str]:
@@ -333,12 +332,56 @@ def _special_id(meta: dict[str, Any], keys: Sequence[str], default: int | None, 
 # --------------------------------------------------------------------------- the tokenizers
 
 
+def _merge(syms: list[str], priority: Callable[[str, str], float | None]) -> list[str]:
+    """The merge loop of both llama.cpp sessions: join the adjacent pair of best (lowest) priority,
+    leftmost on ties, until no pair has one; returns the symbols left.
+
+    Queue entries whose symbols changed since they were queued are skipped. Symbols only grow,
+    so an unchanged length means unchanged text (llama.cpp compares texts for BPE, sizes for SPM).
+    """
+    n = len(syms)
+    nxt, prv = [*range(1, n), -1], list(range(-1, n - 1))
+    heap: list[tuple[float, int, int, int]] = []
+
+    def push(left: int, right: int) -> None:
+        if left >= 0 and right >= 0:
+            p = priority(syms[left], syms[right])
+            if p is not None:
+                heapq.heappush(heap, (p, left, right, len(syms[left]) + len(syms[right])))
+
+    for i in range(n - 1):
+        push(i, i + 1)
+    while heap:
+        _, left, right, size = heapq.heappop(heap)
+        if not syms[left] or not syms[right] or len(syms[left]) + len(syms[right]) != size:
+            continue
+        syms[left], syms[right] = syms[left] + syms[right], ""
+        nxt[left] = nxt[right]
+        if nxt[left] >= 0:
+            prv[nxt[left]] = left
+        push(prv[left], left)
+        push(left, nxt[left])
+    return [sym for sym in syms if sym]
+
+
 class _Bpe:
     """llm_tokenizer_bpe_session: pre-tokenize, byte-encode, merge by rank."""
 
-    def __init__(self, token_to_id: dict[str, int], merges: Sequence[str], pre: PreTokenizer) -> None:
+    def __init__(self, token_to_id: dict[str, int], meta: dict[str, Any]) -> None:
+        self.pre: str = meta.get("tokenizer.ggml.pre") or "default"
+        if self.pre not in PRE_TOKENIZERS:
+            raise UnsupportedError(f"tokenizer.ggml.pre {self.pre!r} is not supported",
+                                   hint=f"supported pre-tokenizers: {', '.join(sorted(PRE_TOKENIZERS))}")
+        pre = PRE_TOKENIZERS[self.pre]
+        merges = meta.get("tokenizer.ggml.merges")
+        if merges is None:
+            raise InputError("GGUF metadata has no tokenizer.ggml.merges (a gpt2 vocabulary needs them)")
+        # llama.cpp's defaults for what tokenizer.ggml.* leaves out: BOS id, EOS id, add_bos, add_space_prefix
+        # (read although only detokenizing uses it for BPE).
+        self.defaults = (11 if pre.default_bos else None), 11, pre.add_bos, False
         self.token_to_id = token_to_id
-        # "left right" -> rank; the first of duplicate merges wins (std::map::emplace).
+        # "left right" -> rank; the first of duplicate merges wins (std::map::emplace). Symbols hold
+        # no spaces (byte 0x20 is encoded as "Ġ"), so the merge text is the lookup key as it is.
         self.ranks: dict[str, int] = {}
         for rank, merge in enumerate(merges):
             self.ranks.setdefault(merge, rank)
@@ -365,7 +408,7 @@ class _Bpe:
             spans = out
         return [text[a:b] for a, b in spans]
 
-    def encode(self, text: str, out: list[int]) -> None:
+    def encode(self, text: str, out: list[int], *, after_special: bool) -> None:
         cache = self.cache
         for word in self.words(text):
             ids = cache.get(word)
@@ -374,60 +417,47 @@ class _Bpe:
             out.extend(ids)
 
     def _word(self, word: str) -> list[int]:
+        vocab = self.token_to_id
         encoded = "".join(_BYTE_CHARS[b] for b in _utf8(word))
-        if self.ignore_merges and encoded in self.token_to_id:
-            return [self.token_to_id[encoded]]
-        syms = list(encoded)  # one symbol per byte: every byte char is one code point
-        n = len(syms)
-        nxt, prv = list(range(1, n + 1)), list(range(-1, n - 1))
-        nxt[-1] = -1
-        ranks = self.ranks
-        heap: list[tuple[int, int, int, str]] = []
-
-        def add(left: int, right: int) -> None:
-            if left >= 0 and right >= 0:
-                rank = ranks.get(syms[left] + " " + syms[right])
-                if rank is not None:
-                    heapq.heappush(heap, (rank, left, right, syms[left] + syms[right]))
-
-        for i in range(n - 1):
-            add(i, i + 1)
-        # Lowest rank first, then leftmost (llm_bigram_bpe::comparator); entries whose symbols
-        # changed since they were queued are skipped.
-        while heap:
-            _, left, right, text = heapq.heappop(heap)
-            if not syms[left] or not syms[right] or syms[left] + syms[right] != text:
-                continue
-            syms[left], syms[right] = text, ""
-            nxt[left] = nxt[right]
-            if nxt[left] >= 0:
-                prv[nxt[left]] = left
-            add(prv[left], left)
-            add(left, nxt[left])
+        if self.ignore_merges and encoded in vocab:
+            return [vocab[encoded]]
         ids = []
-        for sym in syms:
-            if not sym:
-                continue
-            tok = self.token_to_id.get(sym)
-            if tok is not None:
-                ids.append(tok)
-            else:  # llama.cpp tries each byte of the symbol as a token of its own; only ASCII can hit
-                ids.extend(self.token_to_id[c] for c in sym if ord(c) < 128 and c in self.token_to_id)
+        # One symbol per byte: each byte character is one code point.
+        for sym in _merge(list(encoded), lambda a, b: self.ranks.get(a + " " + b)):
+            if sym in vocab:
+                ids.append(vocab[sym])
+            else:  # llama.cpp tries each byte of the symbol as a token of its own: only ASCII can hit
+                ids.extend(vocab[c] for c in sym if ord(c) < 128 and c in vocab)
         return ids
+
+    @staticmethod
+    def normal_piece(text: str) -> bytes:
+        """llama_decode_text: byte characters back to bytes."""
+        return b"".join(bytes([_CHAR_BYTES[c]]) if c in _CHAR_BYTES else _utf8(c) for c in text)
 
 
 class _Spm:
     """llm_tokenizer_spm_session: merge adjacent symbols by highest score, bytes for the rest."""
 
-    def __init__(self, token_to_id: dict[str, int], scores: Sequence[float]) -> None:
+    def __init__(self, token_to_id: dict[str, int], meta: dict[str, Any]) -> None:
+        self.pre = "default"
+        self.defaults = 1, 2, True, True
+        n = len(meta["tokenizer.ggml.tokens"])
+        scores = meta.get("tokenizer.ggml.scores") or [0.0] * n
+        if len(scores) < n:
+            raise InputError(f"tokenizer.ggml.scores has {len(scores)} entries for {n} tokens")
         self.token_to_id = token_to_id
-        self.scores = scores
+        self.scores = [float(s) for s in scores]
+        self.add_space_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
         # Merges never cross a point where U+2581 follows another character unless some token
         # holds such a pair: then each U+2581-led chunk tokenizes alone, and chunks repeat.
         self.chunked = not any(re.search(f"[^{_SPACE}]{_SPACE}", t) for t in token_to_id)
         self.cache: dict[str, list[int]] = {}
 
-    def encode(self, text: str, out: list[int]) -> None:
+    def encode(self, text: str, out: list[int], *, after_special: bool) -> None:
+        """A space is prefixed at the start of the text and after each special token."""
+        if self.add_space_prefix and after_special:
+            text = " " + text
         text = text.replace(" ", _SPACE)
         if not self.chunked:
             out.extend(self._chunk(text))
@@ -441,50 +471,36 @@ class _Spm:
             out.extend(ids)
 
     def _chunk(self, text: str) -> list[int]:
-        syms = list(text)  # one symbol per code point (unicode_len_utf8 of each lead byte)
-        n = len(syms)
-        nxt, prv = list(range(1, n + 1)), list(range(-1, n - 1))
-        nxt[-1] = -1
         vocab, scores = self.token_to_id, self.scores
-        heap: list[tuple[float, int, int, int]] = []
 
-        def add(left: int, right: int) -> None:
-            if left >= 0 and right >= 0:
-                tok = vocab.get(syms[left] + syms[right])
-                if tok is not None:
-                    heapq.heappush(heap, (-scores[tok], left, right, len(syms[left]) + len(syms[right])))
+        def priority(a: str, b: str) -> float | None:
+            tok = vocab.get(a + b)
+            return None if tok is None else -scores[tok]  # highest score first
 
-        for i in range(n - 1):
-            add(i, i + 1)
-        # Highest score first, then leftmost (llm_bigram_spm::comparator); stale entries are
-        # those whose symbols grew or vanished since (sizes only grow, so a size check suffices).
-        while heap:
-            _, left, right, size = heapq.heappop(heap)
-            if not syms[left] or not syms[right] or len(syms[left]) + len(syms[right]) != size:
-                continue
-            syms[left], syms[right] = syms[left] + syms[right], ""
-            nxt[left] = nxt[right]
-            if nxt[left] >= 0:
-                prv[nxt[left]] = left
-            add(prv[left], left)
-            add(left, nxt[left])
         ids = []
-        for sym in syms:
-            if not sym:
-                continue
-            tok = vocab.get(sym)
-            if tok is not None:
-                ids.append(tok)
+        # One symbol per code point (unicode_len_utf8 of each lead byte).
+        for sym in _merge(list(text), priority):
+            if sym in vocab:
+                ids.append(vocab[sym])
                 continue
             for b in _utf8(sym):  # byte fallback: <0xNN>, else the byte itself as a token
                 tok = vocab.get(f"<0x{b:02X}>")
                 if tok is None:
                     tok = vocab.get(chr(b)) if b < 128 else None
                 if tok is None:
-                    raise InputError(f"vocabulary has no byte token <0x{b:02X}> for {sym!r}",
-                                     hint="the GGUF's tokenizer.ggml.tokens lack byte-fallback pieces")
+                    raise InputError(f"the vocabulary has no byte token <0x{b:02X}> for {sym!r}",
+                                     hint="its tokenizer.ggml.tokens lack sentencepiece's byte-fallback pieces")
                 ids.append(tok)
         return ids
+
+    @staticmethod
+    def normal_piece(text: str) -> bytes:
+        return _utf8(text.replace(_SPACE, " "))
+
+
+# tokenizer.ggml.model -> llama.cpp's tokenizer session for it.
+_SESSIONS: dict[str, type[_Bpe | _Spm]] = {"gpt2": _Bpe, "llama": _Spm}
+MODELS = tuple(_SESSIONS)
 
 
 class Tokenizer:
@@ -492,6 +508,8 @@ class Tokenizer:
 
     def __init__(self, meta: dict[str, Any]) -> None:
         model = meta.get("tokenizer.ggml.model")
+        if model is None:
+            raise InputError("GGUF metadata has no tokenizer.ggml.model: the file carries no vocabulary")
         if model not in MODELS:
             raise UnsupportedError(f"tokenizer.ggml.model {model!r} is not supported",
                                    hint=f"supported tokenizer models: {', '.join(MODELS)}")
@@ -504,27 +522,10 @@ class Tokenizer:
         self.token_to_id = {t: i for i, t in enumerate(self.tokens)}
         n = self.n_vocab = len(self.tokens)
 
-        self._session: _Bpe | _Spm
-        if model == "gpt2":
-            self.pre: str = meta.get("tokenizer.ggml.pre") or "default"
-            if self.pre not in PRE_TOKENIZERS:
-                raise UnsupportedError(f"tokenizer.ggml.pre {self.pre!r} is not supported",
-                                       hint=f"supported pre-tokenizers: {', '.join(sorted(PRE_TOKENIZERS))}")
-            pre = PRE_TOKENIZERS[self.pre]
-            merges = meta.get("tokenizer.ggml.merges")
-            if merges is None:
-                raise InputError("GGUF metadata has no tokenizer.ggml.merges (a gpt2 vocabulary needs them)")
-            self._session = _Bpe(self.token_to_id, merges, pre)
-            bos, eos, add_bos, space_prefix = (11 if pre.default_bos else None), 11, pre.add_bos, False
-        else:
-            self.pre = "default"
-            scores = meta.get("tokenizer.ggml.scores") or [0.0] * n
-            if len(scores) < n:
-                raise InputError(f"tokenizer.ggml.scores has {len(scores)} entries for {n} tokens")
-            self._session = _Spm(self.token_to_id, [float(s) for s in scores])
-            bos, eos, add_bos, space_prefix = 1, 2, True, True
-        # Only SPM prefixes a space when tokenizing; decode() strips it for any model that sets it.
-        self.add_space_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", space_prefix))
+        self._session = _SESSIONS[model](self.token_to_id, meta)
+        self.pre = self._session.pre
+        bos, eos, add_bos, add_space_prefix = self._session.defaults
+        self.add_space_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", add_space_prefix))
         self.bos_id = _special_id(meta, ("bos",), bos, n)
         self.eos_id = _special_id(meta, ("eos",), eos, n)
         self.add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", add_bos))
@@ -536,7 +537,8 @@ class Tokenizer:
         role_ids = {role: _special_id(meta, keys, None, n) for role, keys in _FIM_KEYS.items()}
         self.attrs = _token_attrs(self.tokens, types, self.token_to_id, role_ids,
                                   str(meta.get("general.name", "")).lower())
-        # Split out of raw text before tokenizing, longest (in bytes) first: cache_special_tokens.
+        # Split out of raw text before tokenizing, longest (in bytes) first: cache_special_tokens
+        # (whose std::sort leaves ties unordered; here they keep id order).
         self._special = sorted((i for i, a in enumerate(self.attrs)
                                 if a & Attr.USER_DEFINED and not a & (Attr.CONTROL | Attr.UNKNOWN)),
                                key=lambda i: -len(_utf8(self.tokens[i])))
@@ -554,16 +556,13 @@ class Tokenizer:
         out: list[int] = []
         if self.add_bos if add_bos is None else add_bos:
             out.append(self._required(self.bos_id, "bos"))
-        after_special = True  # SPM prefixes a space at the start and after each special token
+        after_special = True
         for piece in self._partition(text):
             if isinstance(piece, int):
                 out.append(piece)
-                after_special = True
             else:
-                if self.model == "llama" and self.add_space_prefix and after_special:
-                    piece = " " + piece
-                self._session.encode(piece, out)
-                after_special = False
+                self._session.encode(piece, out, after_special=after_special)
+            after_special = isinstance(piece, int)
         if self.add_eos if add_eos is None else add_eos:
             out.append(self._required(self.eos_id, "eos"))
         return out
@@ -628,9 +627,7 @@ class Tokenizer:
         if attr & Attr.USER_DEFINED:
             return _utf8(text)
         if attr & Attr.NORMAL:
-            if self.model == "llama":
-                return _utf8(text.replace(_SPACE, " "))
-            return b"".join(bytes([_CHAR_BYTES[c]]) if c in _CHAR_BYTES else _utf8(c) for c in text)
+            return self._session.normal_piece(text)
         if attr & Attr.BYTE:
             return bytes([int(text[3:5], 16)])
         return b""

@@ -117,16 +117,23 @@ static void test_matmul(int isa, int ti, int mode, int64_t n_rows, int64_t n_in,
     uint8_t *act = malloc(act_bytes);
     CHECK(qk_quantize_act(type, x, n_tok, n_in, act, act_bytes) == act_bytes, "quantize_act %s", TYPES[ti].name);
 
+    const int64_t scratch_bytes = qk_matmul_scratch_bytes(type, n_in);
+    uint8_t *scratch = aligned_alloc(32, (size_t)(scratch_bytes + 31) / 32 * 32);
     const int64_t ld = n_rows + 3; /* columns n_rows..ld-1 must stay untouched */
     float *ref = malloc(sizeof(float) * n_tok * ld), *got = malloc(sizeof(float) * n_tok * ld);
     for (int64_t i = 0; i < n_tok * ld; ++i) ref[i] = got[i] = 12345.0f;
-    CHECK(qk_matmul(QK_ISA_SCALAR, type, w, n_rows, row_bytes, act, act_bytes, n_tok, n_in, ref, ld) == n_rows * n_tok,
+    CHECK(qk_matmul(QK_ISA_SCALAR, type, w, n_rows, row_bytes, act, act_bytes, n_tok, n_in, ref, ld, scratch, scratch_bytes) ==
+              n_rows * n_tok,
           "scalar matmul %s", TYPES[ti].name);
-    /* the chosen ISA, in two slices of rows as two threads would run it */
+    /* the chosen ISA, in two slices of rows as two threads would run it; the second slice with
+     * scratch for 8 unpacked rows only, so it runs in several tiles */
+    qk_urow_layout L;
+    CHECK(qk_urow_layout_for(type, n_in, &L) == 0, "layout %s", TYPES[ti].name);
     const int64_t cut = n_rows / 3;
-    CHECK(qk_matmul(isa, type, w, cut, row_bytes, act, act_bytes, n_tok, n_in, got, ld) == cut * n_tok, "matmul %s",
+    CHECK(qk_matmul(isa, type, w, cut, row_bytes, act, act_bytes, n_tok, n_in, got, ld, scratch, scratch_bytes) == cut * n_tok, "matmul %s",
           TYPES[ti].name);
-    CHECK(qk_matmul(isa, type, w + cut * row_bytes, n_rows - cut, row_bytes, act, act_bytes, n_tok, n_in, got + cut, ld) ==
+    CHECK(qk_matmul(isa, type, w + cut * row_bytes, n_rows - cut, row_bytes, act, act_bytes, n_tok, n_in, got + cut, ld,
+                    scratch, 2 * QK_ROWS * L.size + 31) ==
               (n_rows - cut) * n_tok,
           "matmul %s", TYPES[ti].name);
 
@@ -155,19 +162,23 @@ static void test_matmul(int isa, int ti, int mode, int64_t n_rows, int64_t n_in,
         }
     }
     CHECK(!bad, "%s %s: %d outputs differ from scalar", TYPES[ti].name, MODE[mode], bad);
-    free(src), free(x), free(w), free(act), free(ref), free(got);
+    free(src), free(x), free(w), free(act), free(ref), free(got), free(scratch);
 }
 
 static void test_statuses(void) {
     float x[256] = {0}, out[4];
-    uint8_t w[256], act[2048];
+    uint8_t w[256], act[4096], scratch[8192];
     CHECK(qk_act_bytes(QK_Q4_K, 4, 255) == QK_ERR_SHAPE, "shape");
     CHECK(qk_act_bytes(12345, 4, 256) == QK_ERR_TYPE, "type");
     CHECK(qk_quantize_act(QK_Q4_K, x, 1, 256, act, 10) == QK_ERR_CAPACITY, "capacity");
     CHECK(qk_quantize_act(QK_Q4_K, NULL, 1, 256, act, sizeof act) == QK_ERR_NULL, "null");
-    CHECK(qk_matmul(99, QK_Q4_K, w, 1, 144, act, sizeof act, 1, 256, out, 1) == QK_ERR_ISA, "isa");
-    CHECK(qk_matmul(QK_ISA_SCALAR, QK_Q4_K, w, 1, 100, act, sizeof act, 1, 256, out, 1) == QK_ERR_SHAPE, "stride");
-    CHECK(qk_matmul(QK_ISA_SCALAR, QK_Q4_K, w, 1, 144, act, 10, 1, 256, out, 1) == QK_ERR_CAPACITY, "act bytes");
+    CHECK(qk_matmul(99, QK_Q4_K, w, 1, 144, act, sizeof act, 1, 256, out, 1, scratch, sizeof scratch) == QK_ERR_ISA, "isa");
+    CHECK(qk_matmul(QK_ISA_SCALAR, QK_Q4_K, w, 1, 100, act, sizeof act, 1, 256, out, 1, scratch, sizeof scratch) ==
+              QK_ERR_SHAPE, "stride");
+    CHECK(qk_matmul(QK_ISA_SCALAR, QK_Q4_K, w, 1, 144, act, 10, 1, 256, out, 1, scratch, sizeof scratch) == QK_ERR_CAPACITY,
+          "act bytes");
+    CHECK(qk_matmul(QK_ISA_SCALAR, QK_Q4_K, w, 1, 144, act, sizeof act, 1, 256, out, 1, scratch, 100) == QK_ERR_CAPACITY,
+          "scratch bytes");
 }
 
 static void test_ops(void) {

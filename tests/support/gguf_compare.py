@@ -50,9 +50,8 @@ def compare_gguf(ours: Path, reference: Path) -> GGUFDiff:
     diff.extra_keys = [k for k in fa if k not in fb]
     for k in fb:
         if k in fa and fa[k] != fb[k]:
-            va, vb = fa[k], fb[k]
-            show = (lambda v: (str(v[0])[:80], v[1]))
-            diff.value_diffs.append(f"{k}: ours {show(va)} reference {show(vb)}")
+            (va, ta_), (vb, tb_) = fa[k], fb[k]
+            diff.value_diffs.append(f"{k}: ours {str(va)[:80]!r} {ta_} reference {str(vb)[:80]!r} {tb_}")
     common = [k for k in fb if k in fa]
     diff.key_order_differs = [k for k in fa if k in fb] != common
     ta = {t.name: t for t in a.tensors}
