@@ -43,29 +43,32 @@ int64_t qk_act_bytes(int wtype, int64_t n_tok, int64_t n_in) {
     return n_panels * pb;
 }
 
+/* The signed value of largest |x| in x[0..n): the first one wins, as ggml's strict `>` scan
+ * (two passes so that the first one vectorizes). 0 when all are 0. */
+static float signed_absmax(const float *x, int n) {
+    float amax = 0;
+    for (int j = 0; j < n; ++j) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
+    for (int j = 0; j < n; ++j)
+        if (fabsf(x[j]) == amax) return x[j];
+    return 0;
+}
+
 /* Token t of a Q8_K panel row (quantize_row_q8_K_ref): per super-block, the value of largest |x|
- * (the first one wins) maps to -127; levels RNE, capped at 127; d = 1/iscale. x == NULL: zeros. */
+ * maps to -127; levels RNE, capped at 127; d = 1/iscale; amax == 0 gives d = 0 and zeros, as
+ * ggml. x == NULL: zeros. */
 static void q8_K_row(const float *x, int64_t n, qk_panel_q8_K *p, int t) {
     for (int64_t i = 0; i < n / QK_K; ++i, p++) {
-        float amax = 0, max = 0;
-        if (x) {
-            for (int j = 0; j < QK_K; ++j) {
-                const float ax = fabsf(x[j]);
-                if (ax > amax) {
-                    amax = ax;
-                    max = x[j];
-                }
-            }
+        const float max = x ? signed_absmax(x, QK_K) : 0.0f;
+        const float iscale = max ? -127.f / max : 0.0f;
+        int8_t q[QK_K];
+        for (int j = 0; j < QK_K; ++j) q[j] = (int8_t)(max ? QK_MIN(127, qk_nearest_int(iscale * x[j])) : 0);
+        for (int g = 0; g < QK_K / 4; ++g) memcpy(p->qs[g][t], q + 4 * g, 4);
+        for (int j = 0; j < QK_K / 16; ++j) {
+            int sum = 0;
+            for (int l = 0; l < 16; ++l) sum += q[16 * j + l];
+            p->bsums[j / 2][t][j % 2] = (int16_t)sum;
         }
-        const float iscale = amax ? -127.f / max : 0.0f; /* amax == 0: ggml stores d = 0, qs = 0 */
-        int sums[QK_K / 16] = {0};
-        for (int j = 0; j < QK_K; ++j) {
-            const int v = amax ? QK_MIN(127, qk_nearest_int(iscale * x[j])) : 0;
-            p->qs[j / 4][t][j % 4] = (int8_t)v;
-            sums[j / 16] += v;
-        }
-        for (int j = 0; j < QK_K / 16; ++j) p->bsums[j / 2][t][j % 2] = (int16_t)sums[j];
-        p->d[t] = amax ? 1 / iscale : 0.0f;
+        p->d[t] = max ? 1 / iscale : 0.0f;
         if (x) x += QK_K;
     }
 }
@@ -76,7 +79,7 @@ static void q8_0_row(const float *x, int64_t n, qk_panel_q8_0 *p, int t) {
     for (int64_t i = 0; i < n / 32; ++i, p++) {
         float amax = 0;
         if (x) {
-            for (int j = 0; j < 32; ++j) amax = QK_MAX(amax, fabsf(x[j]));
+            for (int j = 0; j < 32; ++j) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
         }
 #if defined(__aarch64__) || defined(_M_ARM64)
         const float d = amax / 127;
@@ -85,12 +88,11 @@ static void q8_0_row(const float *x, int64_t n, qk_panel_q8_0 *p, int t) {
         const float d = amax / 127.f;
         const float id = amax != 0.0f ? 127.f / amax : 0.0f;
 #endif
+        int8_t q[32];
+        for (int j = 0; j < 32; ++j) q[j] = (int8_t)(x ? QK_MAX(-128, QK_MIN(127, qk_nearest_int(x[j] * id))) : 0);
         int sum = 0;
-        for (int j = 0; j < 32; ++j) {
-            const int v = x ? QK_MAX(-128, QK_MIN(127, qk_nearest_int(x[j] * id))) : 0;
-            p->qs[j / 4][t][j % 4] = (int8_t)v;
-            sum += v;
-        }
+        for (int j = 0; j < 32; ++j) sum += q[j];
+        for (int g = 0; g < 8; ++g) memcpy(p->qs[g][t], q + 4 * g, 4);
         p->d[t] = qk_fp16_to_fp32(qk_fp32_to_fp16(d));
         p->s[t] = qk_fp16_to_fp32(qk_fp32_to_fp16(d * (float)sum));
         p->sum[t] = sum;

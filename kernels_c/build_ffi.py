@@ -18,7 +18,7 @@ from cffi import FFI
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = [
     "api.c", "convert.c", "legacy.c", "kquants.c", "search.c",  # quantizers
-    "act.c", "matmul.c", "dot.c", "dot_avx2.c", "dot_neon.c", "ops.c",  # inference
+    "act.c", "unpack.c", "matmul.c", "dot.c", "dot_avx2.c", "dot_neon.c", "ops.c",  # inference
 ]
 
 CDEF = """
@@ -37,8 +37,10 @@ int qk_best_isa(void);
 int qk_act_format(int wtype);
 int64_t qk_act_bytes(int wtype, int64_t n_tok, int64_t n_in);
 int64_t qk_quantize_act(int wtype, const float *x, int64_t n_tok, int64_t n_in, void *act, int64_t act_bytes);
+int64_t qk_matmul_scratch_bytes(int wtype, int64_t n_in);
 int64_t qk_matmul(int isa, int wtype, const void *w, int64_t n_rows, int64_t w_stride, const void *act,
-                  int64_t act_bytes, int64_t n_tok, int64_t n_in, float *out, int64_t ld_out);
+                  int64_t act_bytes, int64_t n_tok, int64_t n_in, float *out, int64_t ld_out, void *scratch,
+                  int64_t scratch_bytes);
 int64_t qk_rms_norm(const float *x, int64_t n_rows, int64_t n, const float *w, float eps, float *y);
 int64_t qk_rope(float *x, int64_t n_tok, int64_t n_head, int64_t head_dim, int64_t n_dims, const int32_t *pos,
                 float freq_base, float freq_scale, const float *freq_factors, int mode);

@@ -223,26 +223,34 @@ static AVX2 void gemm_q8_0(const uint8_t *rows, const qk_urow_layout *L, const v
 
 static AVX2 void gemm_float(const uint8_t *rows, const qk_urow_layout *L, const void *panel, int64_t n,
                             float out[QK_ROWS][QK_PANEL]) {
+    _Static_assert(QK_ROWS == 4, "gemm_float names its four rows");
     const float *x = panel;
-    const float *wr[QK_ROWS];
-    __m256 a0[QK_ROWS], a1[QK_ROWS];
-    for (int r = 0; r < QK_ROWS; ++r) {
-        wr[r] = (const float *)(rows + r * L->size + L->q);
-        a0[r] = a1[r] = _mm256_setzero_ps();
-    }
+    const float *w0 = (const float *)(rows + L->q), *w1 = (const float *)(rows + L->size + L->q);
+    const float *w2 = (const float *)(rows + 2 * L->size + L->q), *w3 = (const float *)(rows + 3 * L->size + L->q);
+    __m256 e0 = _mm256_setzero_ps(), e1 = e0, e2 = e0, e3 = e0, o0 = e0, o1 = e0, o2 = e0, o3 = e0;
     int64_t k = 0;
     for (; k + 2 <= n; k += 2) {
-        const __m256 x0 = _mm256_loadu_ps(x + k * QK_PANEL), x1 = _mm256_loadu_ps(x + (k + 1) * QK_PANEL);
-        for (int r = 0; r < QK_ROWS; ++r) {
-            a0[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(wr[r] + k), x0, a0[r]);
-            a1[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(wr[r] + k + 1), x1, a1[r]);
-        }
+        const __m256 xe = _mm256_loadu_ps(x + k * QK_PANEL), xo = _mm256_loadu_ps(x + (k + 1) * QK_PANEL);
+        e0 = _mm256_fmadd_ps(_mm256_broadcast_ss(w0 + k), xe, e0);
+        e1 = _mm256_fmadd_ps(_mm256_broadcast_ss(w1 + k), xe, e1);
+        e2 = _mm256_fmadd_ps(_mm256_broadcast_ss(w2 + k), xe, e2);
+        e3 = _mm256_fmadd_ps(_mm256_broadcast_ss(w3 + k), xe, e3);
+        o0 = _mm256_fmadd_ps(_mm256_broadcast_ss(w0 + k + 1), xo, o0);
+        o1 = _mm256_fmadd_ps(_mm256_broadcast_ss(w1 + k + 1), xo, o1);
+        o2 = _mm256_fmadd_ps(_mm256_broadcast_ss(w2 + k + 1), xo, o2);
+        o3 = _mm256_fmadd_ps(_mm256_broadcast_ss(w3 + k + 1), xo, o3);
     }
     if (k < n) {
-        const __m256 x0 = _mm256_loadu_ps(x + k * QK_PANEL);
-        for (int r = 0; r < QK_ROWS; ++r) a0[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(wr[r] + k), x0, a0[r]);
+        const __m256 xe = _mm256_loadu_ps(x + k * QK_PANEL);
+        e0 = _mm256_fmadd_ps(_mm256_broadcast_ss(w0 + k), xe, e0);
+        e1 = _mm256_fmadd_ps(_mm256_broadcast_ss(w1 + k), xe, e1);
+        e2 = _mm256_fmadd_ps(_mm256_broadcast_ss(w2 + k), xe, e2);
+        e3 = _mm256_fmadd_ps(_mm256_broadcast_ss(w3 + k), xe, e3);
     }
-    for (int r = 0; r < QK_ROWS; ++r) _mm256_storeu_ps(out[r], _mm256_add_ps(a0[r], a1[r]));
+    _mm256_storeu_ps(out[0], _mm256_add_ps(e0, o0));
+    _mm256_storeu_ps(out[1], _mm256_add_ps(e1, o1));
+    _mm256_storeu_ps(out[2], _mm256_add_ps(e2, o2));
+    _mm256_storeu_ps(out[3], _mm256_add_ps(e3, o3));
 }
 
 qk_gemm_fn qk_gemm_kernel_avx2(int wtype) {

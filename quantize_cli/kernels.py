@@ -246,6 +246,13 @@ class Activations:
     data: np.ndarray
 
 
+def _aligned_bytes(nbytes: int, align: int = 64) -> np.ndarray:
+    """An uninitialised uint8 buffer of nbytes starting on an `align`-byte boundary."""
+    raw = np.empty(nbytes + align, dtype=np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start : start + nbytes]
+
+
 def _isa(isa: str | None) -> int:
     name = backend() if isa is None else isa
     if name not in _ISAS:
@@ -264,7 +271,7 @@ def quantize_activations(qtype: GGMLQuantizationType, x: np.ndarray, *, threads:
     n_tok, n_in = x.shape
     _row_bytes(qtype, n_in)
     nbytes = _check(_lib.qk_act_bytes(qtype, n_tok, n_in), f"activations of {n_tok} x {n_in}")
-    data = np.empty(nbytes, dtype=np.uint8)
+    data = _aligned_bytes(nbytes)
     panel = _lib.QK_PANEL
 
     def work(a: int, b: int) -> None:  # panels a..b-1
@@ -348,10 +355,15 @@ def matmul(
     w = _ffi.from_buffer("uint8_t[]", weight)
     act = _ffi.from_buffer("uint8_t[]", acts.data)
     dst = _ffi.cast("float *", out.ctypes.data)
+    scratch_bytes = _check(_lib.qk_matmul_scratch_bytes(qtype, n_in), f"{qtype.name} rows of {n_in}")
 
     def work(a: int, b: int) -> None:
+        scratch = _aligned_bytes(scratch_bytes)  # this thread's unpacked weight rows
         _check(
-            _lib.qk_matmul(isa_id, qtype, w + a * row_bytes, b - a, row_bytes, act, acts.data.size, n_tok, n_in, dst + a, ld),
+            _lib.qk_matmul(
+                isa_id, qtype, w + a * row_bytes, b - a, row_bytes, act, acts.data.size, n_tok, n_in, dst + a, ld,
+                _ffi.from_buffer("uint8_t[]", scratch, require_writable=True), scratch.size,
+            ),
             f"{qtype.name} matmul of rows {a}..{b} by {n_tok} x {n_in}",
         )
 

@@ -1,0 +1,222 @@
+"""Activation statistics of a model on a text, collected the way llama-imatrix does (notes 4.8).
+
+The text's tokens are cut into chunks of n_ctx (a trailing partial chunk is dropped; at least two
+chunks' worth of tokens are required, as llama-imatrix requires), each chunk runs from an empty KV
+cache with its first token replaced by BOS when the vocabulary adds BOS, and every matrix
+multiplication whose weight is named `blk.*` (and `output.weight` with process_output) and whose
+input has at least 16 rows adds, per input column j, the squares x[:, j]^2 of its input rows to a
+float32 sum, one row after the other in token order, and the row count to its count. Weights that
+read the same input (attn_q/k/v, ffn_gate/up) get identical statistics.
+
+With `hessians=True` it also sums the full second-moment matrix H = X^T X of each input (n_in x
+n_in, float32; one matrix per input, shared by the weights reading it) for the optimizing quantizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from quantize_cli.errors import InputError, NonFiniteError, OptionError
+from quantize_cli.runtime import ops
+from quantize_cli.runtime.model import Model, RunState, forward
+
+MIN_ROWS = 16  # llama-imatrix ignores matrix multiplications of smaller batches
+
+
+@dataclass
+class ActivationStats:
+    """Raw importance statistics, as llama-imatrix keeps them before writing.
+
+    sums: weight name -> float32 (n_mat * n_in,) sums of squared inputs, per expert then column.
+    counts: weight name -> int64 (n_mat,) input rows summed. datasets: the texts, oldest first.
+    chunk_count: chunks behind the statistics (llama-imatrix's m_last_chunk); chunk_size: n_ctx.
+    hessians: weight name -> float32 (n_in, n_in) sum of x x^T over the rows (optional).
+    """
+
+    sums: dict[str, np.ndarray] = field(default_factory=dict)
+    counts: dict[str, np.ndarray] = field(default_factory=dict)
+    datasets: list[str] = field(default_factory=list)
+    chunk_count: int = 0
+    chunk_size: int = 512
+    hessians: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def importance(self, name: str) -> np.ndarray | None:
+        """Mean squared input per column, as llama-quantize derives it from the GGUF format."""
+        if name not in self.sums:
+            return None
+        s, c = self.sums[name], self.counts[name]
+        per = s.size // c.size
+        out = np.ones_like(s)
+        for e, n in enumerate(c):
+            if n > 0:
+                out[e * per:(e + 1) * per] = s[e * per:(e + 1) * per] / np.float32(n)
+        return out
+
+    def hessian(self, name: str) -> np.ndarray | None:
+        """H / n_rows (float32 (n_in, n_in)): the mean of x x^T, or None when not collected."""
+        h = self.hessians.get(name)
+        if h is None:
+            return None
+        return h / np.float32(max(1, int(self.counts[name][0])))
+
+
+@dataclass
+class _Accumulator:
+    """The statistics of one input, shared by every weight that reads it."""
+
+    names: tuple[str, ...]
+    sums: np.ndarray           # float32 (n_in,)
+    count: int = 0
+    hessian: np.ndarray | None = None  # float32 (n_in, n_in)
+
+
+class Collector:
+    """Receives every matrix multiplication's input during a forward pass (see `observing`)."""
+
+    def __init__(self, stats: ActivationStats, *, process_output: bool, hessians: bool) -> None:
+        self.stats = stats
+        self.process_output = process_output
+        self.hessians = hessians
+        self.location = ""  # "chunk N" for error messages
+        self._accumulators: dict[tuple[str, ...], _Accumulator] = {}
+
+    def wants(self, name: str) -> bool:
+        return name.startswith("blk.") or (self.process_output and name == "output.weight")
+
+    def observe(self, x: np.ndarray, names: tuple[str, ...]) -> None:
+        """x (n_rows, n_in) float32 is the input of the weights `names` (one matmul call)."""
+        names = tuple(n for n in names if self.wants(n))
+        if not names or x.shape[0] < MIN_ROWS:
+            return
+        acc = self._accumulators.get(names)
+        if acc is None:
+            acc = self._start(names, x.shape[1])
+        # values[j] += x[r, j]^2 for r in order, in float32: a reduction along axis 0 whose first
+        # row is the running sum adds the rows one after the other, exactly like llama-imatrix.
+        acc.sums = np.add.reduce(np.concatenate([acc.sums[None, :], x * x]), axis=0)
+        acc.count += x.shape[0]
+        if not np.isfinite(acc.sums).all():
+            raise NonFiniteError(f"{names[0]}: non-finite activations in {self.location}",
+                                 hint="the model produces NaN/Inf on this text; check the model file")
+        if acc.hessian is not None:
+            acc.hessian += x.T @ x
+
+    def _start(self, names: tuple[str, ...], n_in: int) -> _Accumulator:
+        """A new accumulator, seeded with merged statistics (--in-file) when they exist."""
+        prior = [self.stats.sums.get(n) for n in names]
+        sums = np.zeros(n_in, np.float32)
+        count = 0
+        if prior[0] is not None:
+            if prior[0].size != n_in:
+                raise InputError(f"{names[0]}: previous importance matrix has {prior[0].size} values, the model's "
+                                 f"input has {n_in}", hint="the --in-file was computed for a different model")
+            sums, count = prior[0].copy(), int(self.stats.counts[names[0]][0])
+        hessian = np.zeros((n_in, n_in), np.float32) if self.hessians else None
+        acc = _Accumulator(names, sums, count, hessian)
+        self._accumulators[names] = acc
+        return acc
+
+    def finish(self) -> ActivationStats:
+        """Copy the accumulators into the statistics, one entry per weight name."""
+        for acc in self._accumulators.values():
+            for name in acc.names:
+                self.stats.sums[name] = acc.sums
+                self.stats.counts[name] = np.array([acc.count], np.int64)
+                if acc.hessian is not None:
+                    self.stats.hessians[name] = acc.hessian
+        counts = [int(c.max()) for c in self.stats.counts.values() if c.size]
+        self.stats.chunk_count = max(counts, default=0) // self.stats.chunk_size
+        return self.stats
+
+
+@contextlib.contextmanager
+def observing(collector: Collector) -> Iterator[None]:
+    """Route every `ops.matmul` call through `collector` for the duration of the block.
+
+    The runtime has one matmul seam (`runtime.ops.matmul(x, [(W, out), ...])`); wrapping it here
+    sees each input once with the names of all the weights that read it.
+    """
+    inner = ops.matmul
+
+    def matmul(x: np.ndarray, pairs: list, *, threads: int = 1) -> None:
+        collector.observe(x, tuple(w.name for w, _ in pairs))
+        inner(x, pairs, threads=threads)
+
+    ops.matmul = matmul
+    try:
+        yield
+    finally:
+        ops.matmul = inner
+
+
+@dataclass(frozen=True)
+class ChunkProgress:
+    index: int      # 1-based
+    n_chunk: int
+    tokens: int     # evaluated so far
+    seconds: float  # evaluation time so far
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    @property
+    def eta_seconds(self) -> float:
+        return self.seconds / self.index * (self.n_chunk - self.index)
+
+
+def collect(
+    model: Model,
+    tokens: np.ndarray,
+    *,
+    n_ctx: int = 512,
+    n_chunk: int | None = None,
+    bos_id: int | None = None,
+    process_output: bool = False,
+    hessians: bool = False,
+    previous: ActivationStats | None = None,
+    dataset: str | None = None,
+    threads: int = 1,
+    source: str = "text",
+    on_chunk: Callable[[ChunkProgress], None] | None = None,
+) -> ActivationStats:
+    """Run `model` over `tokens` (BOS included where the vocabulary adds it) and return the
+    statistics, added to `previous` (merged --in-file statistics) when given. `dataset` names the
+    text in the file's metadata; `source` names it in error messages."""
+    if n_ctx < MIN_ROWS:
+        raise OptionError(f"--ctx {n_ctx}: each chunk must hold at least {MIN_ROWS} tokens "
+                          "(smaller batches are not collected)")
+    tokens = np.asarray(tokens, dtype=np.int32)
+    if len(tokens) < 2 * n_ctx:
+        raise InputError(f"{source}: {len(tokens)} tokens; an importance matrix with a context of {n_ctx} needs at "
+                         f"least {2 * n_ctx}", hint="use a longer text or a smaller --ctx")
+    if tokens.min() < 0 or tokens.max() >= model.config.n_vocab:
+        raise InputError(f"{source}: token id {int(tokens.max())} is outside the vocabulary of {model.path}")
+    n_available = len(tokens) // n_ctx
+    n_chunk = min(n_chunk or n_available, n_available)
+
+    stats = previous if previous is not None else ActivationStats()
+    stats.chunk_size = n_ctx
+    if dataset is not None:
+        stats.datasets.append(dataset)
+    collector = Collector(stats, process_output=process_output, hessians=hessians)
+    state = RunState(model.config, n_ctx=n_ctx, n_batch=n_ctx, n_logits=n_ctx if process_output else 0)
+    seconds = 0.0
+    with observing(collector):
+        for c in range(n_chunk):
+            t0 = time.perf_counter()
+            chunk = np.array(tokens[c * n_ctx:(c + 1) * n_ctx])
+            if bos_id is not None:
+                chunk[0] = bos_id
+            collector.location = f"chunk {c + 1} of {source}"
+            # llama-imatrix asks for every token's logits, so the lm head sees every row
+            forward(model, state, chunk, 0, logits_from=0 if process_output else n_ctx, threads=threads)
+            seconds += time.perf_counter() - t0
+            if on_chunk is not None:
+                on_chunk(ChunkProgress(c + 1, n_chunk, (c + 1) * n_ctx, seconds))
+    return collector.finish()
