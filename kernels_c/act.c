@@ -43,12 +43,21 @@ int64_t qk_act_bytes(int wtype, int64_t n_tok, int64_t n_in) {
     return n_panels * pb;
 }
 
-/* The signed value of largest |x| in x[0..n): the first one wins, as ggml's strict `>` scan
- * (two passes so that the first one vectorizes). 0 when all are 0. */
-static float signed_absmax(const float *x, int n) {
+/* max |x[j]| over n (a multiple of 8) values; NaNs never win, as in ggml's `ax > amax` scans.
+ * Eight independent lanes, so that it vectorizes without reordering a float reduction. */
+static float absmax(const float *x, int n) {
+    float m[8] = {0};
+    for (int j = 0; j < n; j += 8)
+        for (int l = 0; l < 8; ++l) m[l] = fabsf(x[j + l]) > m[l] ? fabsf(x[j + l]) : m[l];
     float amax = 0;
-    for (int j = 0; j < n; ++j) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
-    for (int j = 0; j < n; ++j)
+    for (int l = 0; l < 8; ++l) amax = m[l] > amax ? m[l] : amax;
+    return amax;
+}
+
+/* The signed value of largest |x|, the first one wins (ggml's strict `>` scan); 0 when all are 0. */
+static float signed_absmax(const float *x, int n) {
+    const float amax = absmax(x, n);
+    for (int j = 0; amax && j < n; ++j)
         if (fabsf(x[j]) == amax) return x[j];
     return 0;
 }
@@ -77,10 +86,7 @@ static void q8_K_row(const float *x, int64_t n, qk_panel_q8_K *p, int t) {
  * RNE of x*id, saturated to int8 like the vector packs; sum and s = fp16(d*sum) for Q8_1. */
 static void q8_0_row(const float *x, int64_t n, qk_panel_q8_0 *p, int t) {
     for (int64_t i = 0; i < n / 32; ++i, p++) {
-        float amax = 0;
-        if (x) {
-            for (int j = 0; j < 32; ++j) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
-        }
+        const float amax = x ? absmax(x, 32) : 0.0f;
 #if defined(__aarch64__) || defined(_M_ARM64)
         const float d = amax / 127;
         const float id = d ? 1.0f / d : 0.0f;

@@ -23,7 +23,8 @@ from gguf import GGMLQuantizationType as T
 from quantize_cli import kernels
 from quantize_cli.errors import NonFiniteError, OutputError
 from quantize_cli.formats.gguf_writer import GGUFStreamWriter
-from quantize_cli.plan import FLOAT_TYPES, Plan, PlannedTensor
+from quantize_cli.plan import Plan, PlannedTensor
+from quantize_cli.qtypes import FLOAT_TYPES
 from quantize_cli.sources import n_rows
 
 SLAB_BYTES = 8 * 1024 * 1024  # float32 bytes per slab; small enough for flat memory, big enough for speed

@@ -18,7 +18,7 @@ from quantize_cli.formats.imatrix import ImportanceMatrix
 from quantize_cli.formats.kv import KV
 from quantize_cli.formats.safetensors import open_checkpoint
 from quantize_cli.model_metadata import converter_kvs, requantized_kvs
-from quantize_cli.qtypes import FileType
+from quantize_cli.qtypes import FLOAT_TYPES, FileType
 from quantize_cli.recipes import (
     QUANTIZED,
     Overrides,
@@ -28,9 +28,6 @@ from quantize_cli.recipes import (
     quantize_types,
 )
 from quantize_cli.sources import ArrayRows, GGUFRows, RowSource, SafetensorsRows
-
-CONVERTER_TYPES = {T.F32, T.F16, T.BF16, T.Q8_0}
-FLOAT_TYPES = {T.F32, T.F16, T.BF16}
 
 
 @dataclass(frozen=True)

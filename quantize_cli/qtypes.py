@@ -45,6 +45,9 @@ FILE_TYPES: dict[str, FileType] = {
     )
 }
 
+# Unquantized types: converting between them is exact widening or IEEE rounding, never requantizing.
+FLOAT_TYPES = frozenset({T.F32, T.F16, T.BF16})
+
 # Tensor types a user may name in overrides (--output-tensor-type, --tensor-type PATTERN=TYPE).
 TENSOR_TYPES: dict[str, GGMLQuantizationType] = {
     t.name.lower(): t

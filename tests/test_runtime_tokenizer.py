@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 from gguf import TokenType
-from support import fixtures, llamacpp
 
 from quantize_cli.errors import UnsupportedError
 from quantize_cli.formats.gguf_reader import gguf_metadata, read_gguf
@@ -34,6 +33,7 @@ from quantize_cli.runtime.tokenizer import (
     Tokenizer,
     major_category,
 )
+from support import fixtures, llamacpp
 
 SPACE_CHAR = "Ġ"  # byte 0x20 in GPT-2's byte -> character table
 
