@@ -2,7 +2,7 @@
  * Threads live in Python: each call handles the rows it is given. */
 #include "qkernels.h"
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <cpuid.h>
 
 /* AVX2 + FMA + F16C, and the OS saves the ymm registers (OSXSAVE and XCR0 bits 1-2). */
@@ -18,17 +18,13 @@ static int cpu_has_avx2(void) {
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
     return (b >> 5) & 1u;
 }
-#else
-static int cpu_has_avx2(void) { return 0; }
-#endif
 
-int qk_best_isa(void) {
-#if defined(__aarch64__)
-    return QK_ISA_NEON;
+int qk_best_isa(void) { return cpu_has_avx2() ? QK_ISA_AVX2 : QK_ISA_SCALAR; }
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+int qk_best_isa(void) { return QK_ISA_NEON; }
 #else
-    return cpu_has_avx2() && qk_gemm_kernel_avx2(QK_F32) ? QK_ISA_AVX2 : QK_ISA_SCALAR;
+int qk_best_isa(void) { return QK_ISA_SCALAR; }
 #endif
-}
 
 /* The kernel for wtype on isa, or NULL when that ISA is not compiled in or not run by this CPU. */
 static qk_gemm_fn gemm_kernel(int isa, int wtype) {

@@ -9,13 +9,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import typer
+from rich.markup import escape
 
 from quantize_cli import ui
 from quantize_cli.cli import JsonOpt, ThreadsOpt, app, handles_errors
-from quantize_cli.errors import OptionError
+from quantize_cli.errors import OptionError, QConvertError
 
 if TYPE_CHECKING:
+    from quantize_cli.runtime.model import Model
     from quantize_cli.runtime.perplexity import ChunkReport
+    from quantize_cli.runtime.tokenizer import Tokenizer
 
 KLD_HEADER = ("chunk             PPL               ln(PPL(Q)/PPL(base))          KL Divergence              "
               "Δp RMS            Same top p")
@@ -46,8 +49,7 @@ def perplexity_cmd(
     """Perplexity and KL-divergence of a GGUF model on a text, the way llama-perplexity computes them."""
     from quantize_cli.runtime.kld import LogitsFile, format_report
     from quantize_cli.runtime.model import load_model
-    from quantize_cli.runtime.perplexity import read_text, run_perplexity
-    from quantize_cli.runtime.tokenizer import Tokenizer
+    from quantize_cli.runtime.perplexity import check_same_vocabulary, read_text, run_perplexity
 
     if base is not None and kld_base is not None:
         raise OptionError("--base and --kld-base both name a base; give one")
@@ -60,22 +62,25 @@ def perplexity_cmd(
 
     net = load_model(model)
     base_model = load_model(base) if base is not None else None
+    if base_model is not None:
+        check_same_vocabulary(net, base_model)
     logits_file = LogitsFile.open(kld_base) if kld_base is not None else None
-    tokenizer = Tokenizer.from_gguf_metadata(net.metadata)
+    tokenizer = _tokenizer(net)
     bos_id = tokenizer.bos_id if tokenizer.add_bos else None
     base_bos_id = None
     if base_model is not None:
-        base_tokenizer = Tokenizer.from_gguf_metadata(base_model.metadata)
+        base_tokenizer = _tokenizer(base_model)
         base_bos_id = base_tokenizer.bos_id if base_tokenizer.add_bos else None
 
     if text is not None:
-        tokens = tokenizer.encode(read_text(text), add_bos=tokenizer.add_bos)
+        tokens = tokenizer.encode(read_text(text), add_bos=tokenizer.add_bos, add_eos=False)
         source = str(text)
     else:
         tokens, source = logits_file.tokens, str(kld_base)
     n_ctx = ctx if ctx is not None else (logits_file.n_ctx if logits_file is not None else 512)
     mode = "KL-divergence" if (base_model or logits_file) else "perplexity"
-    ui.info(f"[bold]{model}[/]: {mode} over {source}, {len(tokens)} tokens, context {n_ctx}, {threads} threads")
+    ui.info(f"[bold]{escape(str(model))}[/]: {mode} over {escape(source)}, {len(tokens)} tokens, context {n_ctx}, "
+            f"{threads} threads")
 
     with _chunk_display(kld=mode != "perplexity") as on_chunk:
         result = run_perplexity(
@@ -96,6 +101,16 @@ def perplexity_cmd(
             "kld_base": str(kld_base) if kld_base else None, "save_logits": str(save_logits) if save_logits else None,
             "threads": threads, "batch": batch or n_ctx, **result.to_json(),
         })
+
+
+def _tokenizer(model: Model) -> Tokenizer:
+    """The model's tokenizer; its errors name the model file."""
+    from quantize_cli.runtime.tokenizer import Tokenizer
+
+    try:
+        return Tokenizer.from_gguf_metadata(model.metadata)
+    except QConvertError as e:
+        raise type(e)(f"{model.path}: {e}", hint=e.hint) from None
 
 
 @contextmanager
@@ -128,9 +143,11 @@ def _chunk_display(*, kld: bool) -> Iterator[Callable[[ChunkReport], None]]:
             else:
                 ui.err.file.write(f"[{r.index}]{r.ppl:.4f},")
                 ui.err.file.flush()
-        yield plain
-        if not kld:
-            ui.err.file.write("\n")
+        try:
+            yield plain
+        finally:
+            if not kld:
+                ui.err.file.write("\n")
         return
 
     columns = (TextColumn("[bold]chunks"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[speed]}"),

@@ -6,8 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import gguf
-
 from quantize_cli.formats.gguf_reader import read_gguf
 
 ARRAY_PREVIEW = 8  # elements of a long array shown without --all
@@ -78,18 +76,16 @@ class Report:
         }
 
 
-def _type_name(field: gguf.ReaderField) -> str:
+def _type_name(field) -> str:
     names = [t.name.lower() for t in field.types]
     return f"{names[0]}[{names[1]}]" if len(names) > 1 else names[0]
 
 
 def inspect_gguf(path: Path) -> Report:
     reader = read_gguf(path)
-    version = int(reader.fields["GGUF.version"].contents()) if "GGUF.version" in reader.fields else 0
+    version = reader.version
     metadata = []
     for field in reader.fields.values():
-        if field.name.startswith("GGUF."):
-            continue
         value = field.contents()
         metadata.append((field.name, _type_name(field), value))
     tensors = [TensorRow(t.name, [int(d) for d in t.shape], t.tensor_type.name, int(t.n_bytes),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import os
 import random
 import re
@@ -239,12 +238,7 @@ def _oracle_batch(gguf_path: Path, tok: Tokenizer, texts: list[str]) -> list[lis
     joined = "".join(texts)
     sep = next(i for i, a in enumerate(tok.attrs) if a & Attr.CONTROL and not a & (Attr.LSTRIP | Attr.RSTRIP)
                and tok.tokens[i] not in joined)
-    # llama-tokenize parses special tokens by default and has no --parse-special flag (llamacpp.tokenize
-    # passes one), so it runs here without either.
-    proc = fixtures.run([llamacpp.tool("llama-tokenize"), "-m", gguf_path, "--ids", "--no-escape", "--log-disable",
-                         "--no-bos", "--stdin"], stdin=tok.tokens[sep].join(texts).encode("utf-8"),
-                        what="llama-tokenize")
-    ids = json.loads(next(ln for ln in proc.stdout.decode().splitlines() if ln.startswith("[")))
+    ids = llamacpp.tokenize(gguf_path, text=tok.tokens[sep].join(texts), add_bos=False, parse_special=True)
     per_text: list[list[int]] = [[]]
     for i in ids:
         if i == sep:

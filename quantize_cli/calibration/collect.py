@@ -18,8 +18,10 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+from gguf import GGMLQuantizationType
 
 from quantize_cli.errors import InputError, NonFiniteError, OptionError
 from quantize_cli.runtime import ops
@@ -220,3 +222,17 @@ def collect(
             if on_chunk is not None:
                 on_chunk(ChunkProgress(c + 1, n_chunk, (c + 1) * n_ctx, seconds))
     return collector.finish()
+
+
+def lossless_gguf(model_dir: Path, out: Path, *, threads: int = 1) -> Path:
+    """Convert an HF folder to the GGUF llama.cpp's converter writes by default (BF16 for BF16
+    checkpoints, else F16), the model llama-imatrix would be run on."""
+    from quantize_cli.convert import write_plan
+    from quantize_cli.plan import plan_from_hf
+    from quantize_cli.qtypes import file_type
+
+    plan = plan_from_hf(model_dir, file_type("f16"))
+    if any(t.source.stored_type == GGMLQuantizationType.BF16 for t in plan.tensors if len(t.shape) >= 2):
+        plan = plan_from_hf(model_dir, file_type("bf16"))
+    write_plan(plan, out, threads=threads)
+    return out

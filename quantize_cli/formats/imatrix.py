@@ -21,6 +21,7 @@ import gguf
 import numpy as np
 
 from quantize_cli.errors import InputError
+from quantize_cli.formats.gguf_reader import read_gguf
 from quantize_cli.formats.kv import KV, kv_str, kv_u32
 
 
@@ -79,10 +80,7 @@ def load_imatrix(path_arg: str) -> ImportanceMatrix:
 
 
 def _load_gguf(path: Path, path_arg: str) -> ImportanceMatrix:
-    try:
-        reader = gguf.GGUFReader(path, "r")
-    except (ValueError, OSError, IndexError, KeyError) as e:
-        raise InputError(f"{path}: not a readable GGUF imatrix: {e}") from e
+    reader = read_gguf(path)
     fields = reader.fields
     missing = [k for k in ("imatrix.datasets", "imatrix.chunk_count", "imatrix.chunk_size") if k not in fields]
     if missing:

@@ -99,15 +99,11 @@ class Evaluator:
         inputs = np.array(chunk[: self.n_ctx - 1], dtype=np.int32)
         if self.bos_id is not None:
             inputs[0] = self.bos_id
-        out = None
         for b0 in range(0, len(inputs), self.n_batch):
             b1 = min(len(inputs), b0 + self.n_batch)
-            skip = max(0, self.first - b0)
-            if skip >= b1 - b0:
-                forward(self.model, self.state, inputs[b0:b1], b0, logits_from=b1 - b0, threads=self.threads)
-                continue
+            skip = min(b1 - b0, max(0, self.first - b0))  # batch rows before `first` need no logits
             out = forward(self.model, self.state, inputs[b0:b1], b0, logits_from=skip, threads=self.threads)
-            if self.gathered is not None:
+            if self.gathered is not None and len(out):
                 row = b0 + skip - self.first
                 self.gathered[row:row + len(out)] = out
         return out if self.gathered is None else self.gathered
@@ -140,6 +136,7 @@ def run_perplexity(
     n_vocab = model.config.n_vocab
     if n_ctx < 4:
         raise OptionError(f"--ctx {n_ctx}: the context must hold at least 4 tokens")
+    _check_base(model, base)
     if isinstance(base, LogitsFile):
         if save_logits is not None:
             raise OptionError("--save-logits cannot be combined with --kld-base: the base logits exist already")
@@ -158,7 +155,9 @@ def run_perplexity(
         raise InputError(f"{source}: token id {int(tokens.max())} is outside the vocabulary of {model.path} "
                          f"({n_vocab} tokens)")
     n_chunk = min(n_chunk or n_available, n_available)
-    _check_base(model, base, tokens, n_ctx, n_chunk)
+    if isinstance(base, LogitsFile) and not np.array_equal(tokens[: n_chunk * n_ctx], base.tokens[: n_chunk * n_ctx]):
+        raise InputError(f"{base.path}: its tokens are not this text's tokens",
+                         hint="use the text and model family the base file was made with")
 
     n_batch = n_batch or n_ctx
     first, n_scored = n_ctx // 2, scored_per_chunk(n_ctx)
@@ -223,18 +222,18 @@ def run_perplexity(
                             chunks=running, tokens=evaluated, seconds=seconds, kld=report)
 
 
-def _check_base(model: Model, base: Model | LogitsFile | None, tokens: np.ndarray, n_ctx: int, n_chunk: int) -> None:
-    """The base must score the same tokens with the same vocabulary, or the statistics mean nothing."""
+def check_same_vocabulary(model: Model, base: Model) -> None:
+    """A base model must share the vocabulary, or the KL-divergence means nothing."""
+    ours, theirs = model.metadata.get("tokenizer.ggml.tokens"), base.metadata.get("tokenizer.ggml.tokens")
+    if base.config.n_vocab != model.config.n_vocab or (ours is not None and theirs is not None and ours != theirs):
+        raise InputError(f"{base.path}: its vocabulary ({base.config.n_vocab} tokens) differs from that of "
+                         f"{model.path} ({model.config.n_vocab} tokens)",
+                         hint="the base must be the same model in another type (e.g. F16 or Q8_0)")
+
+
+def _check_base(model: Model, base: Model | LogitsFile | None) -> None:
     if isinstance(base, Model):
-        ours, theirs = model.metadata.get("tokenizer.ggml.tokens"), base.metadata.get("tokenizer.ggml.tokens")
-        if base.config.n_vocab != model.config.n_vocab or (ours is not None and theirs is not None and ours != theirs):
-            raise InputError(f"{base.path}: its vocabulary ({base.config.n_vocab} tokens) differs from that of "
-                             f"{model.path} ({model.config.n_vocab} tokens)",
-                             hint="the base must be the same model in another type (e.g. F16 or Q8_0)")
-    elif isinstance(base, LogitsFile):
-        if base.n_vocab != model.config.n_vocab:
-            raise InputError(f"{base.path}: logits of a {base.n_vocab}-token vocabulary, but {model.path} has "
-                             f"{model.config.n_vocab} tokens", hint="the base file must come from the same model family")
-        if not np.array_equal(tokens[: n_chunk * n_ctx], base.tokens[: n_chunk * n_ctx]):
-            raise InputError(f"{base.path}: its tokens are not this text's tokens",
-                             hint="use the text and model family the base file was made with")
+        check_same_vocabulary(model, base)
+    elif isinstance(base, LogitsFile) and base.n_vocab != model.config.n_vocab:
+        raise InputError(f"{base.path}: logits of a {base.n_vocab}-token vocabulary, but {model.path} has "
+                         f"{model.config.n_vocab} tokens", hint="the base file must come from the same model family")
