@@ -8,7 +8,15 @@
 
 #include "qkernels.h"
 
+/* The loops here keep every float operation's order (lanes are explicit); GCC vectorizes the
+ * branch-free selects of exp_approx and the row maxima only when comparisons may not trap, which
+ * changes no value (nothing here reads the floating-point exception flags). */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+
 #define LANES 8
+#define QB 4 /* queries per attention block */
 
 /* e^x for softmax and SiLU, within 2 ulp of expf over [-87.3, 88.3] (Cephes' polynomial with a
  * two-part ln 2), inputs clamped to that range; branch-free so that loops over it vectorize. */
@@ -28,18 +36,6 @@ static inline float exp_approx(float x) {
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
     return p * qk_f32_from_bits((uint32_t)(ni + 127) << 23);
-}
-
-/* Dot product of n floats in LANES interleaved partial sums, added pairwise at the end. */
-static float dot_lanes(const float *a, const float *b, int64_t n) {
-    float acc[LANES] = {0};
-    int64_t j = 0;
-    for (; j + LANES <= n; j += LANES)
-        for (int l = 0; l < LANES; ++l) acc[l] += a[j + l] * b[j + l];
-    for (; j < n; ++j) acc[0] += a[j] * b[j];
-    for (int w = LANES / 2; w; w /= 2)
-        for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
-    return acc[0];
 }
 
 int64_t qk_rms_norm(const float *x, int64_t n_rows, int64_t n, const float *w, float eps, float *y) {
@@ -89,6 +85,37 @@ int64_t qk_rope(float *x, int64_t n_tok, int64_t n_head, int64_t head_dim, int64
     return n_tok * n_head;
 }
 
+int64_t qk_attention_scratch_count(int64_t n_kv_tok, int64_t head_dim) {
+    if (n_kv_tok < 0 || head_dim <= 0 || (n_kv_tok && head_dim + QB > INT64_MAX / n_kv_tok)) return QK_ERR_SHAPE;
+    return (head_dim + QB) * n_kv_tok;
+}
+
+/* Max and sum of exp over a row, in LANES lanes so that the loops vectorize. */
+static float row_max(const float *s, int64_t n) {
+    float m[LANES];
+    for (int l = 0; l < LANES; ++l) m[l] = -INFINITY;
+    int64_t j = 0;
+    for (; j + LANES <= n; j += LANES)
+        for (int l = 0; l < LANES; ++l) m[l] = s[j + l] > m[l] ? s[j + l] : m[l];
+    for (; j < n; ++j) m[0] = s[j] > m[0] ? s[j] : m[0];
+    float max = m[0];
+    for (int l = 1; l < LANES; ++l) max = m[l] > max ? m[l] : max;
+    return max;
+}
+
+static double row_sum(const float *s, int64_t n) {
+    double a[LANES] = {0};
+    int64_t j = 0;
+    for (; j + LANES <= n; j += LANES)
+        for (int l = 0; l < LANES; ++l) a[l] += s[j + l];
+    for (; j < n; ++j) a[0] += s[j];
+    for (int w = LANES / 2; w; w /= 2)
+        for (int l = 0; l < w; ++l) a[l] += a[l + w];
+    return a[0];
+}
+
+/* Blocks of QB queries share each pass over K (transposed: lanes are keys, no horizontal sums)
+ * and over V. */
 int64_t qk_attention(const float *q, const float *k, const float *v, float *out, int64_t n_tok, int64_t n_kv_tok,
                      int64_t n_head, int64_t n_head_kv, int64_t head_dim, int64_t kv_tok_stride,
                      int64_t kv_head_stride, int64_t h0, int64_t h1, float scale, float *scratch,
@@ -99,32 +126,57 @@ int64_t qk_attention(const float *q, const float *k, const float *v, float *out,
     if (n_kv_tok && (n_head * head_dim > INT64_MAX / n_kv_tok || kv_head_stride > INT64_MAX / 4 / n_head_kv ||
                      head_dim > INT64_MAX / 4 || kv_tok_stride > INT64_MAX / 2 / n_kv_tok))
         return QK_ERR_SHAPE; /* every offset below then fits in int64 */
+    const int64_t need = qk_attention_scratch_count(n_kv_tok, head_dim);
+    if (need < 0) return need;
     if (!n_tok || h0 == h1) return 0;
     if (!q || !k || !v || !out || !scratch) return QK_ERR_NULL;
-    if (scratch_count < n_kv_tok) return QK_ERR_CAPACITY;
-    const int64_t group = n_head / n_head_kv, past = n_kv_tok - n_tok;
-    const int64_t q_stride = n_head * head_dim, kv_stride = kv_tok_stride;
+    if (scratch_count < need) return QK_ERR_CAPACITY;
+    const int64_t group = n_head / n_head_kv, past = n_kv_tok - n_tok, q_stride = n_head * head_dim;
+    float *kt = scratch;                        /* kt[d * n_kv_tok + j] = k[j][d] of the current kv head */
+    float *sc = scratch + head_dim * n_kv_tok;  /* sc[i * n_kv_tok + j]: scores, then probabilities */
+    int64_t loaded = -1;
     for (int64_t h = h0; h < h1; ++h) {
-        const float *kh = k + h / group * kv_head_stride, *vh = v + h / group * kv_head_stride;
-        for (int64_t t = 0; t < n_tok; ++t) {
-            const float *qt = q + t * q_stride + h * head_dim;
-            float *o = out + t * q_stride + h * head_dim;
-            const int64_t n_keys = past + t + 1;
-            float max = -INFINITY;
-            for (int64_t j = 0; j < n_keys; ++j) {
-                scratch[j] = dot_lanes(qt, kh + j * kv_stride, head_dim) * scale;
-                max = scratch[j] > max ? scratch[j] : max;
+        const int64_t g = h / group;
+        const float *vh = v + g * kv_head_stride;
+        if (g != loaded) {
+            const float *kh = k + g * kv_head_stride;
+            for (int64_t j = 0; j < n_kv_tok; ++j)
+                for (int64_t d = 0; d < head_dim; ++d) kt[d * n_kv_tok + j] = kh[j * kv_tok_stride + d];
+            loaded = g;
+        }
+        for (int64_t t0 = 0; t0 < n_tok; t0 += QB) {
+            const int64_t nq = QK_MIN(QB, n_tok - t0), n_keys = past + t0 + nq;
+            for (int64_t i = 0; i < nq; ++i) {
+                float *s = sc + i * n_kv_tok;
+                for (int64_t j = 0; j < n_keys; ++j) s[j] = 0;
             }
-            for (int64_t j = 0; j < n_keys; ++j) scratch[j] = exp_approx(scratch[j] - max);
-            double sum = 0;
-            for (int64_t j = 0; j < n_keys; ++j) sum += scratch[j];
-            for (int64_t d = 0; d < head_dim; ++d) o[d] = 0;
-            for (int64_t j = 0; j < n_keys; ++j) {
-                const float pj = scratch[j], *vj = vh + j * kv_stride;
-                for (int64_t d = 0; d < head_dim; ++d) o[d] += pj * vj[d];
+            for (int64_t d = 0; d < head_dim; ++d) {
+                const float *kd = kt + d * n_kv_tok;
+                for (int64_t i = 0; i < nq; ++i) {
+                    const float qd = q[(t0 + i) * q_stride + h * head_dim + d];
+                    float *s = sc + i * n_kv_tok;
+                    for (int64_t j = 0; j < n_keys; ++j) s[j] += qd * kd[j];
+                }
             }
-            const float inv = (float)(1.0 / sum);
-            for (int64_t d = 0; d < head_dim; ++d) o[d] *= inv;
+            for (int64_t i = 0; i < nq; ++i) {
+                float *s = sc + i * n_kv_tok, *o = out + (t0 + i) * q_stride + h * head_dim;
+                const int64_t seen = past + t0 + i + 1; /* causal: keys 0..seen-1 */
+                for (int64_t j = 0; j < seen; ++j) s[j] *= scale;
+                const float max = row_max(s, seen);
+                for (int64_t j = 0; j < seen; ++j) s[j] = exp_approx(s[j] - max);
+                for (int64_t j = seen; j < n_keys; ++j) s[j] = 0;
+                const float inv = (float)(1.0 / row_sum(s, seen));
+                for (int64_t j = 0; j < seen; ++j) s[j] *= inv;
+                for (int64_t e = 0; e < head_dim; ++e) o[e] = 0;
+            }
+            for (int64_t j = 0; j < n_keys; ++j) {
+                const float *vj = vh + j * kv_tok_stride;
+                for (int64_t i = 0; i < nq; ++i) {
+                    const float p = sc[i * n_kv_tok + j];
+                    float *o = out + (t0 + i) * q_stride + h * head_dim;
+                    for (int64_t e = 0; e < head_dim; ++e) o[e] += p * vj[e];
+                }
+            }
         }
     }
     return n_tok * (h1 - h0);

@@ -92,8 +92,9 @@ int64_t qk_rope(float *x, int64_t n_tok, int64_t n_head, int64_t head_dim, int64
  * contiguous; k and v hold n_kv_tok >= n_tok positions of n_head_kv heads, row (position j, head g)
  * of head_dim floats at j * kv_tok_stride + g * kv_head_stride. Query t sits at position
  * n_kv_tok - n_tok + t and sees keys 0..that; head h reads kv head h / (n_head / n_head_kv);
- * softmax(scale * q.k) with scale usually 1/sqrt(head_dim). scratch: n_kv_tok floats.
- * Returns the (token, head) rows written, or a status. */
+ * softmax(scale * q.k) with scale usually 1/sqrt(head_dim). scratch: qk_attention_scratch_count
+ * floats. Returns the (token, head) rows written, or a status. */
+int64_t qk_attention_scratch_count(int64_t n_kv_tok, int64_t head_dim);
 int64_t qk_attention(const float *q, const float *k, const float *v, float *out, int64_t n_tok, int64_t n_kv_tok,
                      int64_t n_head, int64_t n_head_kv, int64_t head_dim, int64_t kv_tok_stride,
                      int64_t kv_head_stride, int64_t h0, int64_t h1, float scale, float *scratch,

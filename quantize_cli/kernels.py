@@ -483,12 +483,14 @@ def attention(
     kp, vp = _ffi.cast("float *", k.ctypes.data), _ffi.cast("float *", v.ctypes.data)
     tok_stride, head_stride = k.strides[0] // 4, k.strides[1] // 4
 
+    scratch_count = _check(_lib.qk_attention_scratch_count(n_kv_tok, head_dim), f"attention over {n_kv_tok} positions")
+
     def work(h0: int, h1: int) -> None:
-        scratch = np.empty(n_kv_tok, dtype=np.float32)
+        scratch = np.empty(scratch_count, dtype=np.float32)  # this thread's transposed K and scores
         _check(
             _lib.qk_attention(
                 qp, kp, vp, op, n_tok, n_kv_tok, n_head, n_head_kv, head_dim, tok_stride, head_stride, h0, h1,
-                scale, _ffi.from_buffer("float[]", scratch, require_writable=True), n_kv_tok,
+                scale, _ffi.from_buffer("float[]", scratch, require_writable=True), scratch.size,
             ),
             f"attention of heads {h0}..{h1}, {n_tok} queries over {n_kv_tok} positions",
         )

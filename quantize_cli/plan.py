@@ -173,7 +173,7 @@ def plan_from_gguf(path: Path, ftype: FileType, *, overrides: Overrides | None =
     entries = []
     for t in reader.tensors:
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-        entries.append((t.name, GGUFRows(t.data, shape, T(t.tensor_type))))
+        entries.append((t.name, GGUFRows(path, t.data_offset, shape, T(t.tensor_type))))
     order = llama_tensor_order([n for n, _ in entries])
     current = [(entries[i][0], entries[i][1].shape, entries[i][1].stored_type) for i in order]
     types = quantize_types(current, ftype, int(n_layer), overrides,

@@ -9,6 +9,7 @@ read on demand, so a plan for a 70B model costs nothing until it is written.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -16,7 +17,8 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from quantize_cli.archs.base import RowPermute
-from quantize_cli.formats.safetensors import SafetensorsTensor
+from quantize_cli.formats.safetensors import SafetensorsTensor, read_exactly
+from quantize_cli.qtypes import row_bytes
 
 
 class RowSource(Protocol):
@@ -86,9 +88,11 @@ class ArrayRows:
 
 @dataclass(frozen=True)
 class GGUFRows:
-    """A tensor of an input GGUF file, read through gguf-py's memory map."""
+    """A tensor of an input GGUF file, read row range by row range with `readinto` (not through
+    the memory map, whose pages would count towards RSS and grow with the model)."""
 
-    data: np.ndarray  # GGUFReader's tensor.data: numpy shape, uint8 rows for quantized types
+    path: Path
+    offset: int  # absolute offset of the tensor data in the file
     shape: tuple[int, ...]
     stored_type: T
 
@@ -97,5 +101,14 @@ class GGUFRows:
         return 1
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        flat = self.data.reshape(n_rows(self.shape), -1)
-        return np.ascontiguousarray(flat[start:stop])
+        n_per_row = self.shape[-1]
+        if self.stored_type in _NUMPY_OF:
+            out = np.empty((stop - start, n_per_row), dtype=_NUMPY_OF[self.stored_type])
+        else:
+            out = np.empty((stop - start, row_bytes(self.stored_type, n_per_row)), dtype=np.uint8)
+        read_exactly(self.path, self.offset + start * out.shape[1] * out.itemsize, out)
+        return out
+
+
+# Stored types read as numpy values; everything else (quantized blocks) is read as raw bytes.
+_NUMPY_OF = {T.F32: np.dtype("<f4"), T.F16: np.dtype("<f2"), T.BF16: np.dtype("<u2")}

@@ -17,12 +17,18 @@ descent between levels and scales, all against sum_j imatrix[j] * (w_j - wq_j)^2
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from gguf import GGMLQuantizationType
 
 from quantize_cli import kernels
 from quantize_cli.calibration import blocks
 from quantize_cli.calibration.blocks import SPECS, Fields
+from quantize_cli.calibration.collect import ActivationStats
+from quantize_cli.errors import NonFiniteError
+from quantize_cli.plan import Plan
+from quantize_cli.sources import RowSource
 
 T = GGMLQuantizationType
 
@@ -87,10 +93,12 @@ def _levels(x: np.ndarray, step: np.ndarray, shift: np.ndarray, fallback: np.nda
     return np.where(step != 0, q, fallback).astype(np.uint8)
 
 
-def quantize_gptq(qtype: T, weight: np.ndarray, hessian: np.ndarray, *, damp: float = DAMP) -> np.ndarray:
+def quantize_gptq(qtype: T, weight: np.ndarray, hessian: np.ndarray, *, damp: float = DAMP,
+                  factor: np.ndarray | None = None) -> np.ndarray:
     """GPTQ-quantize `weight` float32 (n_out, n_in) to `qtype` rows, uint8 (n_out, row_bytes).
 
-    hessian: float32/64 (n_in, n_in), the mean (or sum) of x x^T over calibration inputs."""
+    hessian: float32/64 (n_in, n_in), the mean (or sum) of x x^T over calibration inputs.
+    factor: `_inverse_cholesky(hessian, damp)` when the caller has it already (one per tensor)."""
     qtype = T(qtype)
     if qtype not in OPTIMIZABLE:
         raise ValueError(f"no optimizing quantizer for {qtype.name}")
@@ -100,7 +108,7 @@ def quantize_gptq(qtype: T, weight: np.ndarray, hessian: np.ndarray, *, damp: fl
         raise ValueError(f"hessian is {hessian.shape}, the weight has {n_in} input columns")
     if n_in % spec.block:
         raise ValueError(f"{qtype.name}: rows of {n_in} are not whole {spec.block}-blocks")
-    u = _inverse_cholesky(hessian, damp).astype(np.float32)
+    u = _inverse_cholesky(hessian, damp).astype(np.float32) if factor is None else factor
     importance = np.maximum(np.diagonal(hessian), 0).astype(np.float32)
     w = np.array(weight, dtype=np.float32, copy=True)
     q = np.empty((n_out, n_in), np.uint8)
@@ -127,3 +135,60 @@ def quantize_gptq(qtype: T, weight: np.ndarray, hessian: np.ndarray, *, damp: fl
         if b1 < n_in:
             w[:, b1:] -= errors @ u[b0:b1, b1:]
     return blocks.pack(qtype, q, _concat_fields(parts))
+
+
+# --------------------------------------------------------------------------- plans
+
+
+class OptimizedRows:
+    """A planned tensor's rows, GPTQ-quantized to `qtype` as they are read: a RowSource whose
+    stored type is the target type, so the writer copies the bytes. Rows are independent under
+    GPTQ (H is shared by all rows), so slabs of rows give the same bytes as the whole tensor."""
+
+    def __init__(self, inner: RowSource, qtype: T, hessian: np.ndarray, *, name: str, damp: float = DAMP) -> None:
+        self.inner, self.qtype, self.hessian, self.name, self.damp = inner, T(qtype), hessian, name, damp
+        self._factor: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.inner.shape
+
+    @property
+    def stored_type(self) -> T:
+        return self.qtype
+
+    @property
+    def row_group(self) -> int:
+        return self.inner.row_group
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        rows = _to_f32(self.inner.read(start, stop), self.inner.stored_type, self.shape[-1])
+        if not np.isfinite(rows).all():
+            raise NonFiniteError(f"tensor {self.name!r} contains NaN or Inf values")
+        if self._factor is None:
+            self._factor = _inverse_cholesky(self.hessian, self.damp).astype(np.float32)
+        return quantize_gptq(self.qtype, rows, self.hessian, factor=self._factor)
+
+
+def _to_f32(raw: np.ndarray, stored: T, n_per_row: int) -> np.ndarray:
+    if stored == T.F32:
+        return np.ascontiguousarray(raw, dtype=np.float32)
+    if stored in (T.F16, T.BF16):
+        return kernels.widen_to_f32(np.ascontiguousarray(raw), source="f16" if stored == T.F16 else "bf16")
+    return kernels.dequantize_rows(stored, np.ascontiguousarray(raw), n_per_row)
+
+
+def optimize_plan(plan: Plan, stats: ActivationStats, *, damp: float = DAMP) -> tuple[Plan, list[str]]:
+    """The plan with every tensor that has a collected H and a target type in OPTIMIZABLE (and is
+    re-typed) read through GPTQ; returns it and the names of the optimized tensors."""
+    tensors, names = [], []
+    for t in plan.tensors:
+        hessian = stats.hessian(t.name)
+        if (hessian is None or t.qtype not in OPTIMIZABLE or t.qtype == t.source.stored_type
+                or len(t.shape) != 2 or hessian.shape[0] != t.shape[-1]):
+            tensors.append(t)
+            continue
+        names.append(t.name)
+        tensors.append(replace(t, source=OptimizedRows(t.source, t.qtype, hessian, name=t.name, damp=damp),
+                               imatrix=None))
+    return replace(plan, tensors=tensors), names

@@ -74,18 +74,21 @@ class SafetensorsTensor:
             raise ValueError(f"rows {start}:{stop} out of range for {self.name} ({self.n_rows} rows)")
         row_bytes = self.n_per_row * self.np_dtype.itemsize
         out = np.empty((stop - start, self.n_per_row), dtype=self.np_dtype)
-        with open(self.path, "rb", buffering=0) as f:
-            f.seek(self.offset + start * row_bytes)
-            view = memoryview(out.reshape(-1).view(np.uint8))
-            got = 0
-            while got < len(view):
-                n = f.readinto(view[got:])
-                if not n:
-                    raise InputError(
-                        f"{self.path}: tensor {self.name!r} ends past the end of the file (truncated?)"
-                    )
-                got += n
+        read_exactly(self.path, self.offset + start * row_bytes, out, what=f"tensor {self.name!r}")
         return out
+
+
+def read_exactly(path: Path, offset: int, out: np.ndarray, *, what: str = "tensor data") -> None:
+    """Fill `out` with the bytes of `path` at `offset`; a short file is an InputError."""
+    with open(path, "rb", buffering=0) as f:
+        f.seek(offset)
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        got = 0
+        while got < len(view):
+            n = f.readinto(view[got:])
+            if not n:
+                raise InputError(f"{path}: {what} ends past the end of the file (truncated?)")
+            got += n
 
 
 def _reject_duplicates(pairs: list[tuple[str, object]], path: Path) -> dict:

@@ -188,17 +188,19 @@ static void test_statuses(void) {
 
 static void test_ops(void) {
     enum { T = 7, H = 4, KV = 2, D = 16 };
-    float q[T * H * D], k[T * KV * D], v[T * KV * D], o[T * H * D], scratch[T];
+    float q[T * H * D], k[T * KV * D], v[T * KV * D], o[T * H * D], scratch[(D + 4) * T];
+    const int64_t need = qk_attention_scratch_count(T, D);
+    CHECK(need > 0 && need <= (int64_t)(sizeof scratch / sizeof scratch[0]), "attention scratch %lld", (long long)need);
     for (int i = 0; i < T * H * D; ++i) q[i] = gauss();
     for (int i = 0; i < T * KV * D; ++i) k[i] = gauss(), v[i] = gauss();
     /* heads in two calls, as two threads */
-    CHECK(qk_attention(q, k, v, o, T, T, H, KV, D, KV * D, D, 0, 1, 0.25f, scratch, T) == T, "attention");
-    CHECK(qk_attention(q, k, v, o, T, T, H, KV, D, KV * D, D, 1, H, 0.25f, scratch, T) == T * (H - 1), "attention");
+    CHECK(qk_attention(q, k, v, o, T, T, H, KV, D, KV * D, D, 0, 1, 0.25f, scratch, need) == T, "attention");
+    CHECK(qk_attention(q, k, v, o, T, T, H, KV, D, KV * D, D, 1, H, 0.25f, scratch, need) == T * (H - 1), "attention");
     for (int h = 0; h < H; ++h) /* the first query sees only key 0: its output is v[0] of its kv head */
         for (int d = 0; d < D; ++d)
             CHECK(fabsf(o[h * D + d] - v[(h / (H / KV)) * D + d]) < 1e-6f, "attention first row h %d", h);
-    CHECK(qk_attention(q, k, v, o, T, T, H, KV, D, KV * D, D, 0, H, 0.25f, scratch, T - 1) == QK_ERR_CAPACITY, "attention scratch");
-    CHECK(qk_attention(q, k, v, o, T, T, H, 3, D, 3 * D, D, 0, H, 0.25f, scratch, T) == QK_ERR_SHAPE, "attention groups");
+    CHECK(qk_attention(q, k, v, o, T, T, H, KV, D, KV * D, D, 0, H, 0.25f, scratch, need - 1) == QK_ERR_CAPACITY, "attention scratch");
+    CHECK(qk_attention(q, k, v, o, T, T, H, 3, D, 3 * D, D, 0, H, 0.25f, scratch, need) == QK_ERR_SHAPE, "attention groups");
 
     float x[3 * 40], y[3 * 40], w[40];
     for (int i = 0; i < 3 * 40; ++i) x[i] = gauss();
