@@ -45,8 +45,8 @@ int64_t qk_rms_norm(const float *x, int64_t n_rows, int64_t n, const float *w, f
 int64_t qk_rope(float *x, int64_t n_tok, int64_t n_head, int64_t head_dim, int64_t n_dims, const int32_t *pos,
                 float freq_base, float freq_scale, const float *freq_factors, int mode);
 int64_t qk_attention_scratch_count(int64_t n_kv_tok, int64_t head_dim);
-int64_t qk_attention(const float *q, const float *k, const float *v, float *out, int64_t n_tok, int64_t n_kv_tok,
-                     int64_t n_head, int64_t n_head_kv, int64_t head_dim, int64_t kv_tok_stride,
+int64_t qk_attention(int isa, const float *q, const float *k, const float *v, float *out, int64_t n_tok,
+                     int64_t n_kv_tok, int64_t n_head, int64_t n_head_kv, int64_t head_dim, int64_t kv_tok_stride,
                      int64_t kv_head_stride, int64_t h0, int64_t h1, float scale, float *scratch,
                      int64_t scratch_count);
 int64_t qk_swiglu(const float *gate, const float *up, int64_t n, float *out);

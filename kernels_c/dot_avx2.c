@@ -253,6 +253,42 @@ static AVX2 void gemm_float(const uint8_t *rows, const qk_urow_layout *L, const 
     _mm256_storeu_ps(out[3], _mm256_add_ps(e3, o3));
 }
 
+/* ---- attention's small float products (ops.c) --------------------------------------------- */
+
+/* C[i][x] = sum_r A[i][r] B[r][x] for QK_ATTN_ROWS = 8 rows: 8 lanes of x, A broadcast, FMA. The
+ * last x block of fewer than 8 goes through masked loads and stores. */
+static AVX2 void sgemm8(int64_t n, int64_t k, const float *A, int64_t lda, const float *B, int64_t ldb, float *C,
+                        int64_t ldc) {
+    _Static_assert(QK_ATTN_ROWS == 8, "sgemm8 names its eight rows");
+    for (int64_t x = 0; x < n; x += 8) {
+        const int64_t left = n - x;
+        const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)QK_MIN(left, 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
+        for (int64_t r = 0; r < k; ++r) {
+            const float *a = A + r;
+            const __m256 b = left >= 8 ? _mm256_loadu_ps(B + r * ldb + x) : _mm256_maskload_ps(B + r * ldb + x, mask);
+            c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(a), b, c0);
+            c1 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + lda), b, c1);
+            c2 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 2 * lda), b, c2);
+            c3 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 3 * lda), b, c3);
+            c4 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 4 * lda), b, c4);
+            c5 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 5 * lda), b, c5);
+            c6 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 6 * lda), b, c6);
+            c7 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 7 * lda), b, c7);
+        }
+        const __m256 c[8] = {c0, c1, c2, c3, c4, c5, c6, c7};
+        for (int i = 0; i < 8; ++i) {
+            if (left >= 8) {
+                _mm256_storeu_ps(C + i * ldc + x, c[i]);
+            } else {
+                _mm256_maskstore_ps(C + i * ldc + x, mask, c[i]);
+            }
+        }
+    }
+}
+
+qk_sgemm_fn qk_sgemm_kernel_avx2(void) { return sgemm8; }
+
 qk_gemm_fn qk_gemm_kernel_avx2(int wtype) {
     switch (wtype) {
     case QK_F32: case QK_F16: case QK_BF16: return gemm_float;
@@ -274,5 +310,7 @@ qk_gemm_fn qk_gemm_kernel_avx2(int wtype) {
     (void)wtype;
     return NULL;
 }
+
+qk_sgemm_fn qk_sgemm_kernel_avx2(void) { return NULL; }
 
 #endif

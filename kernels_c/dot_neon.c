@@ -11,6 +11,7 @@
 
 #if defined(__aarch64__) && defined(__ARM_NEON)
 #include <arm_neon.h>
+#include <math.h>
 
 /* Per-token sums over `groups` groups of 4 values: levels q (as int8) times the panel groups act;
  * out[0] tokens 0-3, out[1] tokens 4-7. */
@@ -163,6 +164,32 @@ static void gemm_float(const uint8_t *rows, const qk_urow_layout *L, const void 
     }
 }
 
+/* ---- attention's small float products (ops.c) --------------------------------------------- */
+
+/* C[i][x] = sum_r A[i][r] B[r][x] for QK_ATTN_ROWS rows, 4 lanes of x, FMA; the tail one by one. */
+static void sgemm8(int64_t n, int64_t k, const float *A, int64_t lda, const float *B, int64_t ldb, float *C,
+                   int64_t ldc) {
+    int64_t x = 0;
+    for (; x + 4 <= n; x += 4) {
+        float32x4_t c[QK_ATTN_ROWS];
+        for (int i = 0; i < QK_ATTN_ROWS; ++i) c[i] = vdupq_n_f32(0);
+        for (int64_t r = 0; r < k; ++r) {
+            const float32x4_t b = vld1q_f32(B + r * ldb + x);
+            for (int i = 0; i < QK_ATTN_ROWS; ++i) c[i] = vfmaq_n_f32(c[i], b, A[i * lda + r]);
+        }
+        for (int i = 0; i < QK_ATTN_ROWS; ++i) vst1q_f32(C + i * ldc + x, c[i]);
+    }
+    for (; x < n; ++x) {
+        for (int i = 0; i < QK_ATTN_ROWS; ++i) {
+            float c = 0;
+            for (int64_t r = 0; r < k; ++r) c = fmaf(A[i * lda + r], B[r * ldb + x], c);
+            C[i * ldc + x] = c;
+        }
+    }
+}
+
+qk_sgemm_fn qk_sgemm_kernel_neon(void) { return sgemm8; }
+
 qk_gemm_fn qk_gemm_kernel_neon(int wtype) {
     switch (wtype) {
     case QK_F32: case QK_F16: case QK_BF16: return gemm_float;
@@ -184,5 +211,7 @@ qk_gemm_fn qk_gemm_kernel_neon(int wtype) {
     (void)wtype;
     return NULL;
 }
+
+qk_sgemm_fn qk_sgemm_kernel_neon(void) { return NULL; }
 
 #endif

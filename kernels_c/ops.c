@@ -16,7 +16,6 @@
 #endif
 
 #define LANES 8
-#define QB 4 /* queries per attention block */
 
 /* e^x for softmax and SiLU, within 2 ulp of expf over [-87.3, 88.3] (Cephes' polynomial with a
  * two-part ln 2), inputs clamped to that range; branch-free so that loops over it vectorize. */
@@ -85,12 +84,37 @@ int64_t qk_rope(float *x, int64_t n_tok, int64_t n_head, int64_t head_dim, int64
     return n_tok * n_head;
 }
 
+static int64_t round8(int64_t x) { return (x + 7) & ~(int64_t)7; }
+
+/* Scratch: K transposed (head_dim rows of round8(n_kv_tok)), scores (QK_ATTN_ROWS rows of the same),
+ * a block of queries and one of outputs (QK_ATTN_ROWS rows of round8(head_dim) each). */
 int64_t qk_attention_scratch_count(int64_t n_kv_tok, int64_t head_dim) {
-    if (n_kv_tok < 0 || head_dim <= 0 || (n_kv_tok && head_dim + QB > INT64_MAX / n_kv_tok)) return QK_ERR_SHAPE;
-    return (head_dim + QB) * n_kv_tok;
+    if (n_kv_tok < 0 || head_dim <= 0 || n_kv_tok > (INT64_MAX >> 20) || head_dim > (INT64_MAX >> 40)) return QK_ERR_SHAPE;
+    return (head_dim + QK_ATTN_ROWS) * round8(n_kv_tok) + 2 * QK_ATTN_ROWS * round8(head_dim);
 }
 
-/* Max and sum of exp over a row, in LANES lanes so that the loops vectorize. */
+static void sgemm_scalar(int64_t n, int64_t k, const float *A, int64_t lda, const float *B, int64_t ldb, float *C,
+                         int64_t ldc) {
+    for (int i = 0; i < QK_ATTN_ROWS; ++i) {
+        float *c = C + i * ldc;
+        for (int64_t x = 0; x < n; ++x) c[x] = 0;
+        for (int64_t r = 0; r < k; ++r) {
+            const float a = A[i * lda + r], *b = B + r * ldb;
+            for (int64_t x = 0; x < n; ++x) c[x] += a * b[x];
+        }
+    }
+}
+
+static qk_sgemm_fn sgemm_kernel(int isa) {
+    switch (isa) {
+    case QK_ISA_SCALAR: return sgemm_scalar;
+    case QK_ISA_AVX2: return qk_best_isa() == QK_ISA_AVX2 ? qk_sgemm_kernel_avx2() : NULL;
+    case QK_ISA_NEON: return qk_best_isa() == QK_ISA_NEON ? qk_sgemm_kernel_neon() : NULL;
+    default: return NULL;
+    }
+}
+
+/* max over a row, in LANES lanes so that the loop vectorizes. */
 static float row_max(const float *s, int64_t n) {
     float m[LANES];
     for (int l = 0; l < LANES; ++l) m[l] = -INFINITY;
@@ -103,6 +127,7 @@ static float row_max(const float *s, int64_t n) {
     return max;
 }
 
+/* sum over a row in double, LANES partial sums. */
 static double row_sum(const float *s, int64_t n) {
     double a[LANES] = {0};
     int64_t j = 0;
@@ -114,10 +139,10 @@ static double row_sum(const float *s, int64_t n) {
     return a[0];
 }
 
-/* Blocks of QB queries share each pass over K (transposed: lanes are keys, no horizontal sums)
- * and over V. */
-int64_t qk_attention(const float *q, const float *k, const float *v, float *out, int64_t n_tok, int64_t n_kv_tok,
-                     int64_t n_head, int64_t n_head_kv, int64_t head_dim, int64_t kv_tok_stride,
+/* Blocks of QK_ATTN_ROWS queries: S = Qb K^T over the keys the last of them sees (K transposed, so
+ * lanes run over keys), row softmax with the causal cut, then Ob = P V. */
+int64_t qk_attention(int isa, const float *q, const float *k, const float *v, float *out, int64_t n_tok,
+                     int64_t n_kv_tok, int64_t n_head, int64_t n_head_kv, int64_t head_dim, int64_t kv_tok_stride,
                      int64_t kv_head_stride, int64_t h0, int64_t h1, float scale, float *scratch,
                      int64_t scratch_count) {
     if (n_tok < 0 || n_kv_tok < n_tok || n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv || head_dim <= 0)
@@ -128,55 +153,45 @@ int64_t qk_attention(const float *q, const float *k, const float *v, float *out,
         return QK_ERR_SHAPE; /* every offset below then fits in int64 */
     const int64_t need = qk_attention_scratch_count(n_kv_tok, head_dim);
     if (need < 0) return need;
+    const qk_sgemm_fn sgemm = sgemm_kernel(isa);
+    if (!sgemm) return QK_ERR_ISA;
     if (!n_tok || h0 == h1) return 0;
     if (!q || !k || !v || !out || !scratch) return QK_ERR_NULL;
     if (scratch_count < need) return QK_ERR_CAPACITY;
     const int64_t group = n_head / n_head_kv, past = n_kv_tok - n_tok, q_stride = n_head * head_dim;
-    float *kt = scratch;                        /* kt[d * n_kv_tok + j] = k[j][d] of the current kv head */
-    float *sc = scratch + head_dim * n_kv_tok;  /* sc[i * n_kv_tok + j]: scores, then probabilities */
+    const int64_t ldk = round8(n_kv_tok), ldq = round8(head_dim);
+    float *kt = scratch;                 /* kt[d * ldk + j] = k[j][d] of the current kv head, 0 past n_kv_tok */
+    float *sc = kt + head_dim * ldk;     /* sc[i * ldk + j]: scores, then probabilities */
+    float *qb = sc + QK_ATTN_ROWS * ldk; /* qb[i * ldq + d]: the block's queries, 0 past n_tok */
+    float *ob = qb + QK_ATTN_ROWS * ldq; /* ob[i * ldq + d]: the block's outputs */
     int64_t loaded = -1;
     for (int64_t h = h0; h < h1; ++h) {
         const int64_t g = h / group;
-        const float *vh = v + g * kv_head_stride;
         if (g != loaded) {
             const float *kh = k + g * kv_head_stride;
-            for (int64_t j = 0; j < n_kv_tok; ++j)
-                for (int64_t d = 0; d < head_dim; ++d) kt[d * n_kv_tok + j] = kh[j * kv_tok_stride + d];
+            for (int64_t d = 0; d < head_dim; ++d) {
+                for (int64_t j = 0; j < n_kv_tok; ++j) kt[d * ldk + j] = kh[j * kv_tok_stride + d];
+                for (int64_t j = n_kv_tok; j < ldk; ++j) kt[d * ldk + j] = 0;
+            }
             loaded = g;
         }
-        for (int64_t t0 = 0; t0 < n_tok; t0 += QB) {
-            const int64_t nq = QK_MIN(QB, n_tok - t0), n_keys = past + t0 + nq;
-            for (int64_t i = 0; i < nq; ++i) {
-                float *s = sc + i * n_kv_tok;
-                for (int64_t j = 0; j < n_keys; ++j) s[j] = 0;
-            }
-            for (int64_t d = 0; d < head_dim; ++d) {
-                const float *kd = kt + d * n_kv_tok;
-                for (int64_t i = 0; i < nq; ++i) {
-                    const float qd = q[(t0 + i) * q_stride + h * head_dim + d];
-                    float *s = sc + i * n_kv_tok;
-                    for (int64_t j = 0; j < n_keys; ++j) s[j] += qd * kd[j];
-                }
-            }
-            for (int64_t i = 0; i < nq; ++i) {
-                float *s = sc + i * n_kv_tok, *o = out + (t0 + i) * q_stride + h * head_dim;
-                const int64_t seen = past + t0 + i + 1; /* causal: keys 0..seen-1 */
+        for (int64_t t0 = 0; t0 < n_tok; t0 += QK_ATTN_ROWS) {
+            const int64_t nq = QK_MIN(QK_ATTN_ROWS, n_tok - t0), n_keys = past + t0 + nq;
+            for (int64_t i = 0; i < QK_ATTN_ROWS; ++i)
+                for (int64_t d = 0; d < head_dim; ++d) qb[i * ldq + d] = i < nq ? q[(t0 + i) * q_stride + h * head_dim + d] : 0;
+            sgemm(round8(n_keys), head_dim, qb, ldq, kt, ldk, sc, ldk);
+            for (int64_t i = 0; i < QK_ATTN_ROWS; ++i) {
+                float *s = sc + i * ldk;
+                const int64_t seen = i < nq ? past + t0 + i + 1 : 0; /* causal: keys 0..seen-1 */
                 for (int64_t j = 0; j < seen; ++j) s[j] *= scale;
                 const float max = row_max(s, seen);
                 for (int64_t j = 0; j < seen; ++j) s[j] = exp_approx(s[j] - max);
-                for (int64_t j = seen; j < n_keys; ++j) s[j] = 0;
-                const float inv = (float)(1.0 / row_sum(s, seen));
+                const float inv = seen ? (float)(1.0 / row_sum(s, seen)) : 0.0f;
                 for (int64_t j = 0; j < seen; ++j) s[j] *= inv;
-                for (int64_t e = 0; e < head_dim; ++e) o[e] = 0;
+                for (int64_t j = seen; j < n_keys; ++j) s[j] = 0;
             }
-            for (int64_t j = 0; j < n_keys; ++j) {
-                const float *vj = vh + j * kv_tok_stride;
-                for (int64_t i = 0; i < nq; ++i) {
-                    const float p = sc[i * n_kv_tok + j];
-                    float *o = out + (t0 + i) * q_stride + h * head_dim;
-                    for (int64_t e = 0; e < head_dim; ++e) o[e] += p * vj[e];
-                }
-            }
+            sgemm(head_dim, n_keys, sc, ldk, v + g * kv_head_stride, kv_tok_stride, ob, ldq);
+            for (int64_t i = 0; i < nq; ++i) memcpy(out + (t0 + i) * q_stride + h * head_dim, ob + i * ldq, (size_t)head_dim * 4);
         }
     }
     return n_tok * (h1 - h0);

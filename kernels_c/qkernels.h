@@ -92,11 +92,12 @@ int64_t qk_rope(float *x, int64_t n_tok, int64_t n_head, int64_t head_dim, int64
  * contiguous; k and v hold n_kv_tok >= n_tok positions of n_head_kv heads, row (position j, head g)
  * of head_dim floats at j * kv_tok_stride + g * kv_head_stride. Query t sits at position
  * n_kv_tok - n_tok + t and sees keys 0..that; head h reads kv head h / (n_head / n_head_kv);
- * softmax(scale * q.k) with scale usually 1/sqrt(head_dim). scratch: qk_attention_scratch_count
- * floats. Returns the (token, head) rows written, or a status. */
+ * softmax(scale * q.k) with scale usually 1/sqrt(head_dim). isa: as for qk_matmul (the products of
+ * Q and K, P and V run on it). scratch: qk_attention_scratch_count floats, 32-byte aligned.
+ * Returns the (token, head) rows written, or a status. */
 int64_t qk_attention_scratch_count(int64_t n_kv_tok, int64_t head_dim);
-int64_t qk_attention(const float *q, const float *k, const float *v, float *out, int64_t n_tok, int64_t n_kv_tok,
-                     int64_t n_head, int64_t n_head_kv, int64_t head_dim, int64_t kv_tok_stride,
+int64_t qk_attention(int isa, const float *q, const float *k, const float *v, float *out, int64_t n_tok,
+                     int64_t n_kv_tok, int64_t n_head, int64_t n_head_kv, int64_t head_dim, int64_t kv_tok_stride,
                      int64_t kv_head_stride, int64_t h0, int64_t h1, float scale, float *scratch,
                      int64_t scratch_count);
 
@@ -303,5 +304,14 @@ typedef void (*qk_gemm_fn)(const uint8_t *rows, const qk_urow_layout *L, const v
 qk_gemm_fn qk_gemm_kernel_scalar(int wtype);
 qk_gemm_fn qk_gemm_kernel_avx2(int wtype); /* NULL unless built for x86-64 */
 qk_gemm_fn qk_gemm_kernel_neon(int wtype); /* NULL unless built for aarch64 */
+
+/* Attention's small float products (ops.c): C[i][x] = sum_{r < k} A[i][r] * B[r][x] for the
+ * QK_ATTN_ROWS rows i and x < n, rows lda/ldb/ldc floats apart; C is overwritten. The scalar
+ * reference sums in r order; the SIMD ones use FMA (within tolerance). */
+#define QK_ATTN_ROWS 8
+typedef void (*qk_sgemm_fn)(int64_t n, int64_t k, const float *A, int64_t lda, const float *B, int64_t ldb, float *C,
+                            int64_t ldc);
+qk_sgemm_fn qk_sgemm_kernel_avx2(void); /* NULL unless built for x86-64 */
+qk_sgemm_fn qk_sgemm_kernel_neon(void); /* NULL unless built for aarch64 */
 
 #endif

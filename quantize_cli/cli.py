@@ -114,9 +114,8 @@ def convert_cmd(
             f"{ui.human_bytes(plan.nbytes)})")
     with ui.byte_progress(plan.nbytes, "quantizing" if ftype.default.name.startswith("Q") else "converting") as advance:
         result = write_plan(plan, out, threads=threads, allow_nonfinite=allow_nonfinite, progress=advance)
-    rows = [[name, count] for name, count in sorted(type_counts.items())]
-    ui.table(f"{out.name}", ["type", "tensors"], rows, right={1})
-    ui.info(f"size {ui.human_bytes(result.size)}, {bpw:.2f} bits per weight, {plan.n_params:,} parameters, "
+    ui.table("summary", ["type", "tensors", "parameters", "size"], _type_rows(plan), right={1, 2, 3})
+    ui.info(f"[bold]{out}[/]: {ui.human_bytes(result.size)}, {bpw:.2f} bits per weight, {plan.n_params:,} parameters, "
             f"{result.seconds:.1f} s, peak RSS {result.peak_rss_mb:.0f} MB")
     ui.info(f"sha256 {result.sha256}")
     if json_out:
@@ -126,6 +125,20 @@ def convert_cmd(
             "tensor_types": dict(sorted(type_counts.items())), "seconds": round(result.seconds, 3),
             "peak_rss_mb": round(result.peak_rss_mb, 1), "threads": threads,
         })
+
+
+def _type_rows(plan) -> list[list[str]]:
+    """One row per tensor type: how many tensors, parameters and bytes it holds."""
+    stats: dict[str, list[int]] = {}
+    for t in plan.tensors:
+        n = 1
+        for d in t.shape:
+            n *= d
+        row = stats.setdefault(t.qtype.name, [0, 0, 0])
+        row[0] += 1
+        row[1] += n
+        row[2] += t.nbytes
+    return [[name, str(c), f"{p:,}", ui.human_bytes(b)] for name, (c, p, b) in sorted(stats.items())]
 
 
 def _parse_tensor_type_override(spec: str):
