@@ -2,7 +2,9 @@
 
 The cdef mirrors the public part of qkernels.h. Flags: -ffp-contract=off so that no compiler fuses
 a*b+c (ggml's x86-64 reference has no FMA), and never -ffast-math (it reorders sums): the bytes
-must not depend on the machine.
+must not depend on the machine. Every file gets the same flags, baseline ISA included: the AVX2
+kernels (dot_avx2.c) carry target attributes per function and run only where cpuid allows, so the
+extension loads on any x86-64; NEON (dot_neon.c) is baseline on aarch64.
 
 QCONVERT_KERNELS_NO_LANES=1 at build time compiles the scale searches as plain scalar loops instead of
 four vector lanes (same bytes, slower): a way to check the two against each other.
@@ -49,8 +51,8 @@ int64_t qk_attention(int isa, const float *q, const float *k, const float *v, fl
                      int64_t n_kv_tok, int64_t n_head, int64_t n_head_kv, int64_t head_dim, int64_t kv_tok_stride,
                      int64_t kv_head_stride, int64_t h0, int64_t h1, float scale, float *scratch,
                      int64_t scratch_count);
-int64_t qk_swiglu(const float *gate, const float *up, int64_t n, float *out);
-int64_t qk_log_softmax(const float *x, int64_t n_rows, int64_t n, float *out);
+int64_t qk_swiglu(int isa, const float *gate, const float *up, int64_t n, float *out);
+int64_t qk_log_softmax(int isa, const float *x, int64_t n_rows, int64_t n, float *out);
 """
 
 

@@ -287,7 +287,46 @@ static AVX2 void sgemm8(int64_t n, int64_t k, const float *A, int64_t lda, const
     }
 }
 
-qk_sgemm_fn qk_sgemm_kernel_avx2(void) { return sgemm8; }
+/* qk_exp_approx on 8 lanes, the same operations in the same order (max/min clamp: the same for
+ * every non-NaN input). */
+static inline AVX2_INLINE __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(QK_EXP_LO)), _mm256_set1_ps(QK_EXP_HI));
+    const __m256 magic = _mm256_set1_ps(QK_EXP_MAGIC);
+    const __m256 t = _mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(QK_EXP_LOG2E)), magic);
+    const __m256 n = _mm256_sub_ps(t, magic);
+    const __m256i ni = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_castps_si256(magic));
+    const __m256 r = _mm256_sub_ps(_mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(QK_EXP_LN2_HI))),
+                                   _mm256_mul_ps(n, _mm256_set1_ps(QK_EXP_LN2_LO)));
+    __m256 p = _mm256_set1_ps(QK_EXP_P0);
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(QK_EXP_P1));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(QK_EXP_P2));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(QK_EXP_P3));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(QK_EXP_P4));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(QK_EXP_P5));
+    p = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(p, r), r), r), _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(ni, _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+static AVX2 void exp_shift8(const float *x, int64_t n, float shift, float *y) {
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) _mm256_storeu_ps(y + j, exp8(_mm256_sub_ps(_mm256_loadu_ps(x + j), _mm256_set1_ps(shift))));
+    for (; j < n; ++j) y[j] = qk_exp_approx(x[j] - shift);
+}
+
+static AVX2 void swiglu8(const float *g, const float *u, int64_t n, float *y) {
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        const __m256 gv = _mm256_loadu_ps(g + j);
+        const __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), gv));
+        _mm256_storeu_ps(y + j, _mm256_mul_ps(_mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.0f), e)), _mm256_loadu_ps(u + j)));
+    }
+    for (; j < n; ++j) y[j] = g[j] / (1.0f + qk_exp_approx(-g[j])) * u[j];
+}
+
+static const qk_ops_table OPS_AVX2 = {sgemm8, exp_shift8, swiglu8};
+
+const qk_ops_table *qk_ops_avx2(void) { return &OPS_AVX2; }
 
 qk_gemm_fn qk_gemm_kernel_avx2(int wtype) {
     switch (wtype) {
@@ -311,6 +350,6 @@ qk_gemm_fn qk_gemm_kernel_avx2(int wtype) {
     return NULL;
 }
 
-qk_sgemm_fn qk_sgemm_kernel_avx2(void) { return NULL; }
+const qk_ops_table *qk_ops_avx2(void) { return NULL; }
 
 #endif

@@ -188,7 +188,45 @@ static void sgemm8(int64_t n, int64_t k, const float *A, int64_t lda, const floa
     }
 }
 
-qk_sgemm_fn qk_sgemm_kernel_neon(void) { return sgemm8; }
+/* qk_exp_approx on 4 lanes, the same operations in the same order (max/min clamp: the same for
+ * every non-NaN input). */
+static inline float32x4_t exp4(float32x4_t x) {
+    x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(QK_EXP_LO)), vdupq_n_f32(QK_EXP_HI));
+    const float32x4_t magic = vdupq_n_f32(QK_EXP_MAGIC);
+    const float32x4_t t = vaddq_f32(vmulq_n_f32(x, QK_EXP_LOG2E), magic);
+    const float32x4_t n = vsubq_f32(t, magic);
+    const int32x4_t ni = vsubq_s32(vreinterpretq_s32_f32(t), vreinterpretq_s32_f32(magic));
+    const float32x4_t r = vsubq_f32(vsubq_f32(x, vmulq_n_f32(n, QK_EXP_LN2_HI)), vmulq_n_f32(n, QK_EXP_LN2_LO));
+    float32x4_t p = vdupq_n_f32(QK_EXP_P0);
+    p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(QK_EXP_P1));
+    p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(QK_EXP_P2));
+    p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(QK_EXP_P3));
+    p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(QK_EXP_P4));
+    p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(QK_EXP_P5));
+    p = vaddq_f32(vaddq_f32(vmulq_f32(vmulq_f32(p, r), r), r), vdupq_n_f32(1.0f));
+    const int32x4_t e = vshlq_n_s32(vaddq_s32(ni, vdupq_n_s32(127)), 23);
+    return vmulq_f32(p, vreinterpretq_f32_s32(e));
+}
+
+static void exp_shift4(const float *x, int64_t n, float shift, float *y) {
+    int64_t j = 0;
+    for (; j + 4 <= n; j += 4) vst1q_f32(y + j, exp4(vsubq_f32(vld1q_f32(x + j), vdupq_n_f32(shift))));
+    for (; j < n; ++j) y[j] = qk_exp_approx(x[j] - shift);
+}
+
+static void swiglu4(const float *g, const float *u, int64_t n, float *y) {
+    int64_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+        const float32x4_t gv = vld1q_f32(g + j);
+        const float32x4_t e = exp4(vnegq_f32(gv));
+        vst1q_f32(y + j, vmulq_f32(vdivq_f32(gv, vaddq_f32(vdupq_n_f32(1.0f), e)), vld1q_f32(u + j)));
+    }
+    for (; j < n; ++j) y[j] = g[j] / (1.0f + qk_exp_approx(-g[j])) * u[j];
+}
+
+static const qk_ops_table OPS_NEON = {sgemm8, exp_shift4, swiglu4};
+
+const qk_ops_table *qk_ops_neon(void) { return &OPS_NEON; }
 
 qk_gemm_fn qk_gemm_kernel_neon(int wtype) {
     switch (wtype) {
@@ -212,6 +250,6 @@ qk_gemm_fn qk_gemm_kernel_neon(int wtype) {
     return NULL;
 }
 
-qk_sgemm_fn qk_sgemm_kernel_neon(void) { return NULL; }
+const qk_ops_table *qk_ops_neon(void) { return NULL; }
 
 #endif

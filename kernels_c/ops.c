@@ -1,41 +1,15 @@
 /* The per-token work of the forward pass besides the matmuls: RMSNorm, RoPE, causal grouped-query
- * attention, SwiGLU and a row log-softmax. Portable C written so that compilers vectorize it
- * without reassociating sums (explicit lanes where a loop reduces). Math conventions follow
- * ggml-cpu where they change results: RMSNorm sums x*x in double and scales by 1/sqrtf(mean + eps);
- * RoPE angles are float products theta *= base^(-2/n_dims), as ggml_rope_cache_init.
+ * attention, SwiGLU and a row log-softmax. Portable C with explicit lanes where a loop reduces (so
+ * that no sum is reassociated); the hot inner loops (attention's products, exp) go through the
+ * ISA's qk_ops_table. Math conventions follow ggml-cpu where they change results: RMSNorm sums
+ * x*x in double and scales by 1/sqrtf(mean + eps); RoPE angles are float products
+ * theta *= base^(-2/n_dims), as ggml_rope_cache_init.
  */
 #include <math.h>
 
 #include "qkernels.h"
 
-/* The loops here keep every float operation's order (lanes are explicit); GCC vectorizes the
- * branch-free selects of exp_approx and the row maxima only when comparisons may not trap, which
- * changes no value (nothing here reads the floating-point exception flags). */
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("no-trapping-math")
-#endif
-
 #define LANES 8
-
-/* e^x for softmax and SiLU, within 2 ulp of expf over [-87.3, 88.3] (Cephes' polynomial with a
- * two-part ln 2), inputs clamped to that range; branch-free so that loops over it vectorize. */
-static inline float exp_approx(float x) {
-    x = x < -87.3f ? -87.3f : x;
-    x = x > 88.3f ? 88.3f : x;
-    const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer in the low bits */
-    const float t = x * 1.44269504088896341f + magic;
-    const float n = t - magic;
-    const int32_t ni = (int32_t)(qk_f32_bits(t) - qk_f32_bits(magic));
-    const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    return p * qk_f32_from_bits((uint32_t)(ni + 127) << 23);
-}
 
 int64_t qk_rms_norm(const float *x, int64_t n_rows, int64_t n, const float *w, float eps, float *y) {
     if (n_rows < 0 || n <= 0 || (n_rows && n > INT64_MAX / n_rows)) return QK_ERR_SHAPE;
@@ -105,16 +79,26 @@ static void sgemm_scalar(int64_t n, int64_t k, const float *A, int64_t lda, cons
     }
 }
 
-static qk_sgemm_fn sgemm_kernel(int isa) {
+static void exp_shift_scalar(const float *x, int64_t n, float shift, float *y) {
+    for (int64_t j = 0; j < n; ++j) y[j] = qk_exp_approx(x[j] - shift);
+}
+
+static void swiglu_scalar(const float *g, const float *u, int64_t n, float *y) {
+    for (int64_t j = 0; j < n; ++j) y[j] = g[j] / (1.0f + qk_exp_approx(-g[j])) * u[j];
+}
+
+static const qk_ops_table OPS_SCALAR = {sgemm_scalar, exp_shift_scalar, swiglu_scalar};
+
+static const qk_ops_table *ops_table(int isa) {
     switch (isa) {
-    case QK_ISA_SCALAR: return sgemm_scalar;
-    case QK_ISA_AVX2: return qk_best_isa() == QK_ISA_AVX2 ? qk_sgemm_kernel_avx2() : NULL;
-    case QK_ISA_NEON: return qk_best_isa() == QK_ISA_NEON ? qk_sgemm_kernel_neon() : NULL;
+    case QK_ISA_SCALAR: return &OPS_SCALAR;
+    case QK_ISA_AVX2: return qk_best_isa() == QK_ISA_AVX2 ? qk_ops_avx2() : NULL;
+    case QK_ISA_NEON: return qk_best_isa() == QK_ISA_NEON ? qk_ops_neon() : NULL;
     default: return NULL;
     }
 }
 
-/* max over a row, in LANES lanes so that the loop vectorizes. */
+/* max over a row, kept in LANES independent lanes (the same value as one sequential scan). */
 static float row_max(const float *s, int64_t n) {
     float m[LANES];
     for (int l = 0; l < LANES; ++l) m[l] = -INFINITY;
@@ -127,7 +111,7 @@ static float row_max(const float *s, int64_t n) {
     return max;
 }
 
-/* sum over a row in double, LANES partial sums. */
+/* sum over a row in double, LANES partial sums added pairwise at the end. */
 static double row_sum(const float *s, int64_t n) {
     double a[LANES] = {0};
     int64_t j = 0;
@@ -153,8 +137,8 @@ int64_t qk_attention(int isa, const float *q, const float *k, const float *v, fl
         return QK_ERR_SHAPE; /* every offset below then fits in int64 */
     const int64_t need = qk_attention_scratch_count(n_kv_tok, head_dim);
     if (need < 0) return need;
-    const qk_sgemm_fn sgemm = sgemm_kernel(isa);
-    if (!sgemm) return QK_ERR_ISA;
+    const qk_ops_table *ops = ops_table(isa);
+    if (!ops) return QK_ERR_ISA;
     if (!n_tok || h0 == h1) return 0;
     if (!q || !k || !v || !out || !scratch) return QK_ERR_NULL;
     if (scratch_count < need) return QK_ERR_CAPACITY;
@@ -179,43 +163,44 @@ int64_t qk_attention(int isa, const float *q, const float *k, const float *v, fl
             const int64_t nq = QK_MIN(QK_ATTN_ROWS, n_tok - t0), n_keys = past + t0 + nq;
             for (int64_t i = 0; i < QK_ATTN_ROWS; ++i)
                 for (int64_t d = 0; d < head_dim; ++d) qb[i * ldq + d] = i < nq ? q[(t0 + i) * q_stride + h * head_dim + d] : 0;
-            sgemm(round8(n_keys), head_dim, qb, ldq, kt, ldk, sc, ldk);
+            ops->sgemm(round8(n_keys), head_dim, qb, ldq, kt, ldk, sc, ldk);
             for (int64_t i = 0; i < QK_ATTN_ROWS; ++i) {
                 float *s = sc + i * ldk;
                 const int64_t seen = i < nq ? past + t0 + i + 1 : 0; /* causal: keys 0..seen-1 */
                 for (int64_t j = 0; j < seen; ++j) s[j] *= scale;
                 const float max = row_max(s, seen);
-                for (int64_t j = 0; j < seen; ++j) s[j] = exp_approx(s[j] - max);
+                ops->exp_shift(s, seen, max, s);
                 const float inv = seen ? (float)(1.0 / row_sum(s, seen)) : 0.0f;
                 for (int64_t j = 0; j < seen; ++j) s[j] *= inv;
                 for (int64_t j = seen; j < n_keys; ++j) s[j] = 0;
             }
-            sgemm(head_dim, n_keys, sc, ldk, v + g * kv_head_stride, kv_tok_stride, ob, ldq);
+            ops->sgemm(head_dim, n_keys, sc, ldk, v + g * kv_head_stride, kv_tok_stride, ob, ldq);
             for (int64_t i = 0; i < nq; ++i) memcpy(out + (t0 + i) * q_stride + h * head_dim, ob + i * ldq, (size_t)head_dim * 4);
         }
     }
     return n_tok * (h1 - h0);
 }
 
-int64_t qk_swiglu(const float *gate, const float *up, int64_t n, float *out) {
+int64_t qk_swiglu(int isa, const float *gate, const float *up, int64_t n, float *out) {
+    const qk_ops_table *ops = ops_table(isa);
+    if (!ops) return QK_ERR_ISA;
     if (n < 0) return QK_ERR_SHAPE;
     if (n && (!gate || !up || !out)) return QK_ERR_NULL;
-    for (int64_t j = 0; j < n; ++j) out[j] = gate[j] / (1.0f + exp_approx(-gate[j])) * up[j];
+    ops->swiglu(gate, up, n, out);
     return n;
 }
 
-int64_t qk_log_softmax(const float *x, int64_t n_rows, int64_t n, float *out) {
+int64_t qk_log_softmax(int isa, const float *x, int64_t n_rows, int64_t n, float *out) {
+    const qk_ops_table *ops = ops_table(isa);
+    if (!ops) return QK_ERR_ISA;
     if (n_rows < 0 || n <= 0 || (n_rows && n > INT64_MAX / n_rows)) return QK_ERR_SHAPE;
     if (n_rows && (!x || !out)) return QK_ERR_NULL;
     for (int64_t r = 0; r < n_rows; ++r) {
         const float *xr = x + r * n;
         float *o = out + r * n;
-        float max = xr[0];
-        for (int64_t j = 1; j < n; ++j) max = xr[j] > max ? xr[j] : max;
-        double sum = 0;
-        for (int64_t j = 0; j < n; ++j) o[j] = exp_approx(xr[j] - max);
-        for (int64_t j = 0; j < n; ++j) sum += o[j];
-        const double log_sum = log(sum);
+        const float max = row_max(xr, n);
+        ops->exp_shift(xr, n, max, o);
+        const double log_sum = log(row_sum(o, n));
         for (int64_t j = 0; j < n; ++j) o[j] = (float)((double)(xr[j] - max) - log_sum);
     }
     return n_rows * n;

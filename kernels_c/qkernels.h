@@ -101,12 +101,12 @@ int64_t qk_attention(int isa, const float *q, const float *k, const float *v, fl
                      int64_t kv_head_stride, int64_t h0, int64_t h1, float scale, float *scratch,
                      int64_t scratch_count);
 
-/* out = silu(gate) * up over n values (out may alias either). */
-int64_t qk_swiglu(const float *gate, const float *up, int64_t n, float *out);
+/* out = silu(gate) * up over n values (out may alias either); isa as for qk_matmul. */
+int64_t qk_swiglu(int isa, const float *gate, const float *up, int64_t n, float *out);
 
 /* out[r] = log_softmax(x[r]) for rows of n: x - max - log(sum exp(x - max)), the sum in double as
- * llama-perplexity (exp within 2 ulp of expf). */
-int64_t qk_log_softmax(const float *x, int64_t n_rows, int64_t n, float *out);
+ * llama-perplexity (exp within 2 ulp of expf); isa as for qk_matmul. */
+int64_t qk_log_softmax(int isa, const float *x, int64_t n_rows, int64_t n, float *out);
 
 /* ---- internal: float model ---------------------------------------------------------------- */
 
@@ -305,13 +305,54 @@ qk_gemm_fn qk_gemm_kernel_scalar(int wtype);
 qk_gemm_fn qk_gemm_kernel_avx2(int wtype); /* NULL unless built for x86-64 */
 qk_gemm_fn qk_gemm_kernel_neon(int wtype); /* NULL unless built for aarch64 */
 
-/* Attention's small float products (ops.c): C[i][x] = sum_{r < k} A[i][r] * B[r][x] for the
- * QK_ATTN_ROWS rows i and x < n, rows lda/ldb/ldc floats apart; C is overwritten. The scalar
- * reference sums in r order; the SIMD ones use FMA (within tolerance). */
+/* The ops' inner loops per ISA (ops.c has the scalar table):
+ *   sgemm     C[i][x] = sum_{r < k} A[i][r] * B[r][x] for QK_ATTN_ROWS rows i and x < n, rows
+ *             lda/ldb/ldc floats apart, C overwritten (attention's QK^T and PV). The scalar one
+ *             sums in r order; the SIMD ones use FMA (within tolerance).
+ *   exp_shift y[j] = qk_exp_approx(x[j] - shift);  swiglu  y[j] = g[j] / (1 + qk_exp_approx(-g[j])) * u[j]
+ *             (the same float operations on every ISA, so the same bits). */
 #define QK_ATTN_ROWS 8
 typedef void (*qk_sgemm_fn)(int64_t n, int64_t k, const float *A, int64_t lda, const float *B, int64_t ldb, float *C,
                             int64_t ldc);
-qk_sgemm_fn qk_sgemm_kernel_avx2(void); /* NULL unless built for x86-64 */
-qk_sgemm_fn qk_sgemm_kernel_neon(void); /* NULL unless built for aarch64 */
+typedef struct {
+    qk_sgemm_fn sgemm;
+    void (*exp_shift)(const float *x, int64_t n, float shift, float *y);
+    void (*swiglu)(const float *g, const float *u, int64_t n, float *y);
+} qk_ops_table;
+const qk_ops_table *qk_ops_avx2(void); /* NULL unless built for x86-64 */
+const qk_ops_table *qk_ops_neon(void); /* NULL unless built for aarch64 */
+
+/* e^x within 2 ulp of expf over [QK_EXP_LO, QK_EXP_HI], inputs clamped to that range (Cephes'
+ * polynomial, two-part ln 2). No FMA anywhere (-ffp-contract=off): the SIMD copies of this
+ * function do exactly these operations and give the same bits (NaN inputs aside). */
+#define QK_EXP_LO (-87.3f)
+#define QK_EXP_HI 88.3f
+#define QK_EXP_MAGIC 12582912.0f /* 1.5 * 2^23: adding it rounds to an integer in the low bits */
+#define QK_EXP_LOG2E 1.44269504088896341f
+#define QK_EXP_LN2_HI 0.693359375f
+#define QK_EXP_LN2_LO (-2.12194440e-4f)
+#define QK_EXP_P0 1.9875691500e-4f
+#define QK_EXP_P1 1.3981999507e-3f
+#define QK_EXP_P2 8.3334519073e-3f
+#define QK_EXP_P3 4.1665795894e-2f
+#define QK_EXP_P4 1.6666665459e-1f
+#define QK_EXP_P5 5.0000001201e-1f
+
+static inline float qk_exp_approx(float x) {
+    x = x < QK_EXP_LO ? QK_EXP_LO : x;
+    x = x > QK_EXP_HI ? QK_EXP_HI : x;
+    const float t = x * QK_EXP_LOG2E + QK_EXP_MAGIC;
+    const float n = t - QK_EXP_MAGIC;
+    const int32_t ni = (int32_t)(qk_f32_bits(t) - qk_f32_bits(QK_EXP_MAGIC));
+    const float r = (x - n * QK_EXP_LN2_HI) - n * QK_EXP_LN2_LO;
+    float p = QK_EXP_P0;
+    p = p * r + QK_EXP_P1;
+    p = p * r + QK_EXP_P2;
+    p = p * r + QK_EXP_P3;
+    p = p * r + QK_EXP_P4;
+    p = p * r + QK_EXP_P5;
+    p = p * r * r + r + 1.0f;
+    return p * qk_f32_from_bits((uint32_t)(ni + 127) << 23);
+}
 
 #endif

@@ -78,6 +78,10 @@ def perplexity_cmd(
     else:
         tokens, source = logits_file.tokens, str(kld_base)
     n_ctx = ctx if ctx is not None else (logits_file.n_ctx if logits_file is not None else 512)
+    n_ctx_train = net.metadata.get(f"{net.config.arch}.context_length")
+    if n_ctx_train and n_ctx > n_ctx_train:
+        ui.info(f"[yellow]warning:[/] {escape(str(model))} was trained on only {n_ctx_train} context tokens "
+                f"({n_ctx} asked)")
     mode = "KL-divergence" if (base_model or logits_file) else "perplexity"
     ui.info(f"[bold]{escape(str(model))}[/]: {mode} over {escape(source)}, {len(tokens)} tokens, context {n_ctx}, "
             f"{threads} threads")

@@ -260,7 +260,11 @@ def _isa(isa: str | None) -> int:
     return _ISAS[name]
 
 
-def _act_format(qtype: GGMLQuantizationType) -> int:
+def activation_format(qtype: GGMLQuantizationType) -> int:
+    """The format `quantize_activations` converts to for weights of `qtype` (ggml's vec_dot_type:
+    Q8_K for Q4_K/Q5_K/Q6_K, Q8_0 for the 32-blocks, F32/F16/BF16 for those): weights of equal
+    format can share one `Activations`."""
+    qtype = _supported(qtype)
     return _check(_lib.qk_act_format(qtype), f"activations for {qtype.name}")
 
 
@@ -287,7 +291,7 @@ def quantize_activations(qtype: GGMLQuantizationType, x: np.ndarray, *, threads:
         )
 
     _run(-(-n_tok // panel), threads, work)
-    return Activations(_act_format(qtype), n_tok, n_in, data)
+    return Activations(activation_format(qtype), n_tok, n_in, data)
 
 
 def _weight_rows(qtype: GGMLQuantizationType, weight: np.ndarray, row_bytes: int) -> None:
@@ -342,7 +346,7 @@ def matmul(
     qtype = _supported(qtype)
     isa_id = _isa(isa)
     acts = x if isinstance(x, Activations) else quantize_activations(qtype, x, threads=threads)
-    if acts.format != _act_format(qtype):
+    if acts.format != activation_format(qtype):
         raise ValueError(f"activations were converted for another weight format than {qtype.name}'s")
     _require(acts.data, "activations", np.uint8, 1)
     n_tok, n_in = acts.n_tok, acts.n_in
@@ -456,6 +460,7 @@ def attention(
     out: np.ndarray | None = None,
     scale: float | None = None,
     threads: int = 1,
+    isa: str | None = None,
 ) -> np.ndarray:
     """Causal grouped-query attention; returns out (n_tok, n_head, head_dim).
 
@@ -464,7 +469,7 @@ def attention(
     (n_head_kv, T, head_dim) passes as cache[:, :t].transpose(1, 0, 2)). The queries are the last
     n_tok positions: query t sees keys 0..n_kv_tok - n_tok + t. Query head h reads KV head
     h // (n_head // n_head_kv). Softmax of scale * q.k, scale = 1/sqrt(head_dim) by default.
-    Threads split the heads."""
+    Threads split the heads (same bits for any count); `isa` overrides `backend()`."""
     _require(q, "q", np.float32, 3)
     _kv_view(k, "k")
     _kv_view(v, "v")
@@ -484,12 +489,13 @@ def attention(
     tok_stride, head_stride = k.strides[0] // 4, k.strides[1] // 4
 
     scratch_count = _check(_lib.qk_attention_scratch_count(n_kv_tok, head_dim), f"attention over {n_kv_tok} positions")
+    isa_id = _isa(isa)
 
     def work(h0: int, h1: int) -> None:
-        scratch = np.empty(scratch_count, dtype=np.float32)  # this thread's transposed K and scores
+        scratch = _aligned_bytes(4 * scratch_count).view(np.float32)  # this thread's K^T, scores, blocks
         _check(
             _lib.qk_attention(
-                qp, kp, vp, op, n_tok, n_kv_tok, n_head, n_head_kv, head_dim, tok_stride, head_stride, h0, h1,
+                isa_id, qp, kp, vp, op, n_tok, n_kv_tok, n_head, n_head_kv, head_dim, tok_stride, head_stride, h0, h1,
                 scale, _ffi.from_buffer("float[]", scratch, require_writable=True), scratch.size,
             ),
             f"attention of heads {h0}..{h1}, {n_tok} queries over {n_kv_tok} positions",
@@ -499,19 +505,21 @@ def attention(
     return out
 
 
-def swiglu(gate: np.ndarray, up: np.ndarray, *, out: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
+def swiglu(gate: np.ndarray, up: np.ndarray, *, out: np.ndarray | None = None, threads: int = 1,
+           isa: str | None = None) -> np.ndarray:
     """out = silu(gate) * up = gate / (1 + exp(-gate)) * up, float32 of the same shape (C order);
-    `out` may be gate or up."""
+    `out` may be gate or up. exp is within 2 ulp of expf; the same bits on every ISA."""
     _require(gate, "gate", np.float32, gate.ndim)
     _require(up, "up", np.float32, gate.ndim)
     if up.shape != gate.shape:
         raise ValueError(f"gate {gate.shape} and up {up.shape} differ")
     out = _same_shape_out(out, gate)
     g, u, o = gate.reshape(-1), up.reshape(-1), out.reshape(-1)
+    isa_id = _isa(isa)
 
     def work(a: int, b: int) -> None:
         _check(
-            _lib.qk_swiglu(_ffi.from_buffer("float[]", g[a:b]), _ffi.from_buffer("float[]", u[a:b]), b - a,
+            _lib.qk_swiglu(isa_id, _ffi.from_buffer("float[]", g[a:b]), _ffi.from_buffer("float[]", u[a:b]), b - a,
                            _ffi.from_buffer("float[]", o[a:b], require_writable=True)),
             f"swiglu of {b - a} values",
         )
@@ -520,16 +528,17 @@ def swiglu(gate: np.ndarray, up: np.ndarray, *, out: np.ndarray | None = None, t
     return out
 
 
-def log_softmax(x: np.ndarray, *, out: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
+def log_softmax(x: np.ndarray, *, out: np.ndarray | None = None, threads: int = 1, isa: str | None = None) -> np.ndarray:
     """out (n, vocab) = log_softmax of each row of x, as llama-perplexity computes it: x - max -
-    log(sum exp(x - max)), the sum in double. `out` may be x."""
+    log(sum exp(x - max)), the sum in double (exp within 2 ulp of expf). `out` may be x."""
     _require(x, "x", np.float32, 2)
     out = _same_shape_out(out, x)
     n_rows, n = x.shape
+    isa_id = _isa(isa)
 
     def work(a: int, b: int) -> None:
         _check(
-            _lib.qk_log_softmax(_ffi.from_buffer("float[]", x[a:b]), b - a, n,
+            _lib.qk_log_softmax(isa_id, _ffi.from_buffer("float[]", x[a:b]), b - a, n,
                                 _ffi.from_buffer("float[]", out[a:b], require_writable=True)),
             f"log_softmax of {b - a} rows of {n}",
         )

@@ -310,4 +310,4 @@ def test_c_checks_its_arguments_and_statuses_become_exceptions() -> None:
     with pytest.raises(ValueError, match="unknown status -99"):
         kernels._check(-99, "test")
     assert kernels._check(34, "test") == 34
-    assert kernels.backend() == "scalar"
+    assert kernels.backend() in ("avx2", "neon", "scalar")

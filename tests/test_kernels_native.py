@@ -53,7 +53,8 @@ def require_tools(tools: dict[str, tuple[str, ...]], packages: list[str]) -> dic
         result = subprocess.run(install, capture_output=True, text=True, env=env)
     have = found()
     if len(have) != len(tools):
-        pytest.fail(f"`{' '.join(install)}` did not provide {', '.join(set(tools) - set(have))}:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+        missing = ", ".join(set(tools) - set(have))
+        pytest.fail(f"`{' '.join(install)}` did not provide {missing}:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
     return have
 
 

@@ -28,6 +28,7 @@ K_QUANTS = (T.Q4_K, T.Q5_K, T.Q6_K)
 # Named tolerances, relative to sum_k |w_k| |x_k| of each output.
 FLOAT_WEIGHT_RTOL = 2e-6  # float weights: FMA and 16 partial sums vs one sequential float32 sum
 BLOCK_FLOAT_RTOL = 2e-6  # quantized weights vs float64 numpy: per-block float32 steps, rounded sums
+ATTENTION_ATOL = 2e-6  # attention vs float64 numpy, |v| ~ 1: float32 products, exp within 2 ulp
 ARM = platform.machine().lower() in ("aarch64", "arm64")
 # The best ISA this CPU runs, whatever QCONVERT_KERNELS says (the tests name the ISA they run).
 BEST = next(name for name, isa in kernels._ISAS.items() if isa == kernels._lib.qk_best_isa())
@@ -40,10 +41,12 @@ def rng_for(*key: object) -> np.random.Generator:
 
 def weights(qtype: T, n_out: int, n_in: int, case: str, rng: np.random.Generator) -> np.ndarray:
     """uint8 rows of qtype: quantized Gaussian rows, random bytes (fp16/bf16/f32 fields kept finite),
-    or every level and scale at its extreme (Q8_0 levels -128, Q6_K scales -128, d = 1)."""
+    every level and scale at its extreme (Q8_0 levels -128, Q6_K scales -128, d = 1), or zeros."""
     q = kernels.quantize_rows(qtype, rng.normal(0, 0.02, (n_out, n_in)).astype(np.float32))
     if case == "quantized":
         return q
+    if case == "zeros":  # every field zero, d included
+        return np.zeros_like(q)
     block, size = GGML_QUANT_SIZES[qtype]
     blocks = q.reshape(n_out, n_in // block, size)
     if qtype in FLOATS:
@@ -62,6 +65,8 @@ def weights(qtype: T, n_out: int, n_in: int, case: str, rng: np.random.Generator
 
 
 def activations(case: str, n_tok: int, n_in: int, rng: np.random.Generator) -> np.ndarray:
+    if case == "zeros":  # zero tokens (Q8 d = 0) between Gaussian ones
+        return np.where(np.arange(n_tok)[:, None] % 2, rng.normal(0, 1, (n_tok, n_in)), 0).astype(np.float32)
     if case == "extreme":  # every Q8 level at +-127: all of one sign (the int16 sums peak), or mixed
         i = np.arange(n_tok * n_in).reshape(n_tok, n_in)
         mixed = np.where(i % 3, 1.0, -1.0)
@@ -79,7 +84,7 @@ def magnitude(qtype: T, w: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 @needs_simd
-@pytest.mark.parametrize("case", ["quantized", "random", "extreme"])
+@pytest.mark.parametrize("case", ["quantized", "random", "extreme", "zeros"])
 @pytest.mark.parametrize("qtype", QUANTIZED, ids=lambda t: t.name)
 def test_simd_matmul_has_the_scalar_bits(qtype: T, case: str) -> None:
     rng = rng_for(qtype, case)
@@ -95,7 +100,7 @@ def test_simd_matmul_has_the_scalar_bits(qtype: T, case: str) -> None:
 
 
 @needs_simd
-@pytest.mark.parametrize("case", ["quantized", "random", "extreme"])
+@pytest.mark.parametrize("case", ["quantized", "random", "extreme", "zeros"])
 @pytest.mark.parametrize("qtype", FLOATS, ids=lambda t: t.name)
 def test_simd_matmul_of_float_weights_within_tolerance(qtype: T, case: str) -> None:
     rng = rng_for(qtype, case)
@@ -285,6 +290,8 @@ def test_one_conversion_serves_every_weight_of_its_format() -> None:
     rng = np.random.default_rng(8)
     x = rng.normal(0, 1, (6, 256)).astype(np.float32)
     acts = kernels.quantize_activations(T.Q4_K, x)
+    assert {kernels.activation_format(t) for t in K_QUANTS} == {acts.format}
+    assert kernels.activation_format(T.Q8_0) == kernels.activation_format(T.Q4_1) != acts.format
     for qtype in K_QUANTS:
         w = kernels.quantize_rows(qtype, rng.normal(0, 0.02, (5, 256)).astype(np.float32))
         assert np.array_equal(kernels.matmul(qtype, w, acts), kernels.matmul(qtype, w, x))
@@ -356,8 +363,9 @@ def test_attention_matches_numpy(n_tok: int, n_kv_tok: int, n_head: int, n_head_
     k = rng.normal(0, 1, (n_kv_tok, n_head_kv, head_dim)).astype(np.float32)
     v = rng.normal(0, 1, (n_kv_tok, n_head_kv, head_dim)).astype(np.float32)
     want = attention_ref(q, k, v, 1 / math.sqrt(head_dim))
-    got = kernels.attention(q, k, v)
-    assert np.abs(got - want).max() < 2e-6
+    got = kernels.attention(q, k, v, isa=BEST)
+    assert np.abs(got - want).max() < ATTENTION_ATOL
+    assert np.abs(kernels.attention(q, k, v, isa="scalar") - want).max() < ATTENTION_ATOL
     # a head-major cache (n_head_kv, T, head_dim) passes as a strided view; any thread count
     cache_k = np.zeros((n_head_kv, n_kv_tok + 7, head_dim), np.float32)
     cache_v = np.zeros_like(cache_k)
@@ -365,7 +373,7 @@ def test_attention_matches_numpy(n_tok: int, n_kv_tok: int, n_head: int, n_head_
     cache_v[:, :n_kv_tok] = v.transpose(1, 0, 2)
     for threads in (1, 3):
         viewed = kernels.attention(q, cache_k[:, :n_kv_tok].transpose(1, 0, 2), cache_v[:, :n_kv_tok].transpose(1, 0, 2),
-                                   threads=threads)
+                                   threads=threads, isa=BEST)
         assert np.array_equal(viewed, got)
 
 
@@ -430,11 +438,14 @@ def test_rms_norm_swiglu_and_log_softmax_match_numpy() -> None:
     u = rng.normal(0, 1, (5, 1000)).astype(np.float32)
     g64 = g.astype(np.float64)
     want = g64 / (1 + np.exp(-g64)) * u
-    got = kernels.swiglu(g, u, threads=3)
+    got = kernels.swiglu(g, u, threads=3, isa=BEST)
     assert np.allclose(got, want, rtol=1e-6, atol=1e-30)
-    assert np.array_equal(kernels.swiglu(g.copy(), u, out=g.copy()), got)
+    assert np.array_equal(kernels.swiglu(g.copy(), u, out=g.copy(), isa=BEST), got)
+    assert np.array_equal(kernels.swiglu(g, u, isa="scalar"), got)  # the same exp operations on every ISA
 
     logits = rng.normal(0, 5, (4, 3001)).astype(np.float32)
     ref = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     ref -= np.log(np.exp(ref).sum(axis=1, keepdims=True))
-    assert np.allclose(kernels.log_softmax(logits, threads=2), ref, rtol=4e-7, atol=1e-6)
+    got = kernels.log_softmax(logits, threads=2, isa=BEST)
+    assert np.allclose(got, ref, rtol=4e-7, atol=1e-6)
+    assert np.array_equal(kernels.log_softmax(logits, isa="scalar"), got)

@@ -27,8 +27,7 @@ import pytest
 from test_runtime import Tiny, reference_logits, stored_weights, tiny_tensors, write_tiny
 
 from quantize_cli.errors import InputError, OptionError
-from quantize_cli.runtime.kld import KLDivergence, LogitsFile, format_report, log_prob_records, record_size, \
-    token_nll
+from quantize_cli.runtime.kld import KLDivergence, LogitsFile, format_report, log_prob_records, record_size
 from quantize_cli.runtime.model import load_model
 from quantize_cli.runtime.perplexity import Evaluator, read_text, run_perplexity
 
@@ -110,6 +109,9 @@ def test_logits_file_round_trip(tiny_pair, tmp_path: Path) -> None:
     assert (lf.n_ctx, lf.n_vocab, lf.n_chunk) == (32, SPEC.n_vocab, 3)
     assert np.array_equal(lf.tokens, TOKENS[:96])
     assert not list(tmp_path.glob(".*tmp")), "the temporary file was left behind"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
 
     # the records hold log-softmax of our logits to 16 bits over a 16-nat range
     evaluator = Evaluator(model, n_ctx=32, n_batch=32, bos_id=None, threads=1)
@@ -127,6 +129,14 @@ def test_logits_file_round_trip(tiny_pair, tmp_path: Path) -> None:
         assert np.abs(decoded - log_p)[keep].max() <= 0.51 * head[:, 0].max() + 1e-5
         nll.append(-log_p[np.arange(n_scored), chunk[17:]])
     assert result.ppl == pytest.approx(math.exp(np.concatenate(nll).mean()), rel=1e-5)
+
+
+def test_logits_file_bytes_do_not_depend_on_threads_or_batch(tiny_pair, tmp_path: Path) -> None:
+    model = load_model(tiny_pair[0])
+    for name, threads, n_batch in (("t1.kld", 1, None), ("t2.kld", 2, None), ("t3b8.kld", 3, 8)):
+        run_perplexity(model, TOKENS, n_ctx=32, threads=threads, n_batch=n_batch, save_logits=tmp_path / name)
+    assert (tmp_path / "t1.kld").read_bytes() == (tmp_path / "t2.kld").read_bytes()
+    assert (tmp_path / "t1.kld").read_bytes() == (tmp_path / "t3b8.kld").read_bytes()
 
 
 def test_kld_of_a_model_against_its_own_logits_is_zero(tiny_pair, tmp_path: Path) -> None:
@@ -332,8 +342,9 @@ def test_perplexity_matches_llama_on_q4_1(llamacpp: ModuleType, smollm2_gguf: Pa
     theirs = llamacpp.perplexity(smollm2_gguf, austen_pride, ctx=512, chunks=8)
     mine = ours(smollm2_gguf, "--text", austen_pride, "--ctx", "512", "--chunks", "8", "--threads", "2")
     assert len(mine["chunks"]) == len(theirs.chunks) == 8
-    # 8-bit activations: ~0.7% noise per chunk between correct implementations (module docstring);
-    # measured: 18.8108 vs 18.8506 here (-0.21%), 20.2560 vs 20.2836 over 16 chunks (-0.14%).
+    # 8-bit activations: ~0.7% noise per chunk between correct implementations (module docstring).
+    # Measured against 18.8506: 18.8353 (-0.08%), and -0.21% to -0.33% with earlier kernel builds
+    # and the numpy stand-ins; over 16 chunks 20.2560 vs 20.2836 (-0.14%).
     assert mine["ppl"] == pytest.approx(theirs.ppl, rel=0.01)
     assert mine["ppl_error"] == pytest.approx(theirs.ppl_error, rel=0.05)
 
@@ -365,8 +376,27 @@ def test_kld_logits_files_exchange_with_llama(llamacpp: ModuleType, smollm2_gguf
     for stats in (mine, cross):
         get = (lambda k: stats[k]["value"]) if stats is mine else (lambda k: stats[k][0])
         assert get("Mean KLD") == pytest.approx(reference["Mean KLD"][0], rel=0.05)
-        assert get("Same top p") == pytest.approx(reference["Same top p"][0], abs=0.3)
+        # Our Q4_1 top token differs from llama.cpp's own on ~2.6% of these 1020 tokens (8-bit
+        # activation noise: ours against llama's Q4_1 logits gives KLD 0.003, same top 97.4%), so
+        # the agreement with the base moves by ~0.5 points (measured: 0.10 and 0.59).
+        assert get("Same top p") == pytest.approx(reference["Same top p"][0], abs=1.5)
         assert get("Mean PPL(base)") == pytest.approx(reference["Mean PPL(base)"][0], rel=3e-4)
         assert get("Mean PPL(Q)") == pytest.approx(reference["Mean PPL(Q)"][0], rel=0.01)
         assert get("RMS Δp") == pytest.approx(reference["RMS Δp"][0], rel=0.1)
     shutil.rmtree(tmp_path, ignore_errors=True)  # 200 MB of logits
+
+
+@pytest.mark.oracle
+def test_qwen2_logits_match_llama(llamacpp: ModuleType, qwen_coder_gguf: Path, austen_pride: Path,
+                                  tmp_path: Path) -> None:
+    """Qwen2 (NEOX RoPE, Q/K/V biases, untied Q6_K output, Q4_K/Q6_K matmuls): our distribution
+    against llama-perplexity's own for the same model. A wrong rotation or bias would give a KLD of
+    0.1 or more; 8-bit activation noise alone gives about 0.004."""
+    base = tmp_path / "qwen-llama.kld"
+    theirs = llamacpp.perplexity(qwen_coder_gguf, austen_pride, ctx=128, chunks=4,
+                                 extra_args=("--kl-divergence-base", str(base)))
+    mine = ours(qwen_coder_gguf, "--kld-base", base)
+    stats = mine["kld"]
+    assert stats["Mean KLD"]["value"] < 0.02
+    assert stats["Same top p"]["value"] > 90
+    assert mine["ppl"] == pytest.approx(theirs.ppl, rel=0.03)

@@ -10,6 +10,7 @@ llama.cpp-faithful roundings the runtime makes: the f16 KV cache and, for quanti
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from gguf import GGMLQuantizationType
 from quantize_cli import kernels
 from quantize_cli.errors import InputError, UnsupportedError
 from quantize_cli.runtime import ops
-from quantize_cli.runtime.model import RunState, forward, load_model
+from quantize_cli.runtime.model import Config, RunState, forward, load_model
 
 T = GGMLQuantizationType
 
@@ -318,3 +319,16 @@ def test_unsupported_tensor_type(tmp_path: Path) -> None:
     path = write_tiny(tmp_path / "q2k.gguf", spec, tiny_tensors(spec), raw={"blk.0.ffn_down.weight": q2k})
     with pytest.raises(UnsupportedError, match=r"blk\.0\.ffn_down\.weight has type Q2_K"):
         load_model(path)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("llama.attention.head_count", 0, "llama.attention.head_count = 0 is not a positive integer"),
+    ("llama.attention.head_count_kv", [2, 2], "llama.attention.head_count_kv = [2, 2] is not a positive integer"),
+    ("llama.attention.layer_norm_rms_epsilon", "tiny", "is not a finite number"),
+])
+def test_bad_hyperparameters_are_named(tmp_path: Path, key: str, value, message: str) -> None:
+    spec = Tiny()
+    path = write_tiny(tmp_path / "tiny.gguf", spec, tiny_tensors(spec))
+    meta = dict(load_model(path).metadata, **{key: value})
+    with pytest.raises(InputError, match=re.escape(message)):
+        Config.from_metadata(meta, n_vocab=spec.n_vocab, path=path)

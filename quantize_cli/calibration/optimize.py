@@ -17,13 +17,14 @@ descent between levels and scales, all against sum_j imatrix[j] * (w_j - wq_j)^2
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
-from gguf import GGMLQuantizationType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from quantize_cli import kernels
-from quantize_cli.calibration import blocks
+from quantize_cli.calibration import blas, blocks
 from quantize_cli.calibration.blocks import SPECS, Fields
 from quantize_cli.calibration.collect import ActivationStats
 from quantize_cli.errors import NonFiniteError
@@ -35,6 +36,7 @@ T = GGMLQuantizationType
 OPTIMIZABLE = frozenset(SPECS)
 DAMP = 0.01    # fraction of mean(diag(H)) added to the diagonal before inverting (GPTQ's percdamp)
 BATCH = 256    # columns updated eagerly; the rest of the matrix gets one product per batch
+ROWS_PER_TASK = 1024  # rows per worker task (a fixed split: the bytes do not depend on --threads)
 
 
 def weighted_error(weight: np.ndarray, approx: np.ndarray, hessian: np.ndarray) -> float:
@@ -47,33 +49,48 @@ def weighted_error(weight: np.ndarray, approx: np.ndarray, hessian: np.ndarray) 
 
 
 def _inverse_cholesky(hessian: np.ndarray, damp: float) -> np.ndarray:
-    """Upper Cholesky factor U of (H + damp*mean(diag)*I)^-1, float64 (U^T U = H^-1).
+    """Upper triangular U with U^T U = (H + damp*mean(diag H)*I)^-1, float32.
 
-    Columns never activated (diag 0) get a unit diagonal: their error then moves nothing."""
-    h = hessian.astype(np.float64)
-    diag = np.diagonal(h).copy()
-    dead = diag <= 0
+    With J the reversal permutation and J H J = C C^T (C lower), U = J C^-1 J: one Cholesky and
+    one triangular inverse instead of GPTQ's inverse followed by a second Cholesky. Columns never
+    activated (diag 0) get a unit diagonal: their error then moves nothing."""
+    h = hessian.astype(np.float32)  # float32 throughout, as GPTQ does; damping keeps it well conditioned
+    dead = np.diagonal(h) <= 0
     h[dead, dead] = 1.0
-    mean = float(np.mean(np.diagonal(h)))
-    h[np.diag_indices_from(h)] += damp * mean
+    mean = float(np.mean(np.diagonal(h), dtype=np.float64))
+    flipped = h[::-1, ::-1].copy()
+    idx = np.diag_indices_from(flipped)
+    flipped[idx] += damp * mean
     for attempt in range(6):
         try:
-            lower = np.linalg.cholesky(h)
+            lower = np.linalg.cholesky(flipped)
             break
         except np.linalg.LinAlgError:  # numerically indefinite: more damping, as GPTQ users do
-            h[np.diag_indices_from(h)] += damp * mean * 10 ** attempt
+            flipped[idx] += damp * mean * 10 ** attempt
     else:
         raise np.linalg.LinAlgError("H + damping is not positive definite")
-    lower_inv = np.linalg.inv(lower)
-    h_inv = lower_inv.T @ lower_inv
-    return np.linalg.cholesky(h_inv).T
+    return np.ascontiguousarray(_lower_inverse(lower)[::-1, ::-1])
 
 
-def _block_fields(qtype: T, cols: np.ndarray, importance: np.ndarray) -> tuple[np.ndarray, Fields]:
-    """llama.cpp's choice of levels and fields for the blocks of `cols` (n_out, block*k)."""
+def _lower_inverse(lower: np.ndarray) -> np.ndarray:
+    """Inverse of a lower triangular matrix by halves, [[A, 0], [B, D]]^-1 = [[A^-1, 0],
+    [-D^-1 B A^-1, D^-1]]: about n^3/3 flops in matrix products, a third of a general inverse."""
+    n = lower.shape[0]
+    if n <= 128:
+        return np.linalg.inv(lower)
+    k = n // 2
+    a_inv, d_inv = _lower_inverse(lower[:k, :k]), _lower_inverse(lower[k:, k:])
+    out = np.zeros_like(lower)
+    out[:k, :k], out[k:, k:] = a_inv, d_inv
+    out[k:, :k] = -(d_inv @ (lower[k:, :k] @ a_inv))
+    return out
+
+
+def _block_fields(qtype: T, cols: np.ndarray, importance: np.ndarray) -> Fields:
+    """llama.cpp's importance-matrix choice of fields for the blocks of `cols` (n_out, block*k)."""
     data = kernels.quantize_rows(qtype, np.ascontiguousarray(cols, dtype=np.float32),
                                  imatrix=np.ascontiguousarray(importance, dtype=np.float32))
-    return blocks.unpack(qtype, data)
+    return blocks.unpack(qtype, data)[1]
 
 
 def _concat_fields(parts: list[Fields]) -> Fields:
@@ -81,16 +98,6 @@ def _concat_fields(parts: list[Fields]) -> Fields:
         arrays = [getattr(p, name) for p in parts]
         return None if arrays[0] is None else np.concatenate(arrays, axis=1)
     return Fields(cat("d"), cat("dmin"), cat("sc"), cat("mn"))
-
-
-def _levels(x: np.ndarray, step: np.ndarray, shift: np.ndarray, fallback: np.ndarray, spec: blocks.GridSpec
-            ) -> np.ndarray:
-    """Nearest level of each x on its grid; `fallback` where the grid has step 0."""
-    lo = 1 if spec.nmax == 255 else 0  # Q8_0 keeps -127..127 like the reference quantizer
-    with np.errstate(divide="ignore", invalid="ignore"):
-        q = np.rint((x - shift) / step) + spec.zero
-    q = np.clip(np.nan_to_num(q, nan=0.0, posinf=spec.nmax, neginf=lo), lo, spec.nmax)
-    return np.where(step != 0, q, fallback).astype(np.uint8)
 
 
 def quantize_gptq(qtype: T, weight: np.ndarray, hessian: np.ndarray, *, damp: float = DAMP,
@@ -108,46 +115,84 @@ def quantize_gptq(qtype: T, weight: np.ndarray, hessian: np.ndarray, *, damp: fl
         raise ValueError(f"hessian is {hessian.shape}, the weight has {n_in} input columns")
     if n_in % spec.block:
         raise ValueError(f"{qtype.name}: rows of {n_in} are not whole {spec.block}-blocks")
-    u = _inverse_cholesky(hessian, damp).astype(np.float32) if factor is None else factor
+    u = _inverse_cholesky(hessian, damp) if factor is None else factor
     importance = np.maximum(np.diagonal(hessian), 0).astype(np.float32)
-    w = np.array(weight, dtype=np.float32, copy=True)
-    q = np.empty((n_out, n_in), np.uint8)
+    lo = np.float32(1 if qtype == T.Q8_0 else 0)  # Q8_0 keeps -127..127 like the reference quantizer
+    hi = np.float32(spec.nmax)
+    # Work on W^T (n_in, n_out): input column j is the contiguous row wt[j].
+    wt = np.array(weight.T, dtype=np.float32, order="C")
+    levels = np.empty((n_in, n_out), np.float32)
+    inv_diag = np.float32(1) / np.diagonal(u)
     parts: list[Fields] = []
     batch = max(spec.block, BATCH // spec.block * spec.block)
     for b0 in range(0, n_in, batch):
         b1 = min(n_in, b0 + batch)
-        errors = np.empty((n_out, b1 - b0), np.float32)
+        errors = np.empty((b1 - b0, n_out), np.float32)  # scaled error of each column of the batch
         for g0 in range(b0, b1, spec.block):
-            g1 = g0 + spec.block
-            first, fields = _block_fields(qtype, w[:, g0:g1], importance[g0:g1])
+            fields = _block_fields(qtype, wt[g0:g0 + spec.block].T, importance[g0:g0 + spec.block])
             parts.append(fields)
-            step, shift = blocks.grid(qtype, fields)
-            for j in range(g0, g1):
-                s = (j - g0) // spec.sub
-                col = w[:, j]
-                q[:, j] = _levels(col, step[:, s], shift[:, s], first[:, j - g0], spec)
-                value = step[:, s] * (q[:, j].astype(np.float32) - spec.zero)
-                if spec.has_min:
-                    value += shift[:, s]
-                err = (col - value) / u[j, j]
-                errors[:, j - b0] = err
-                w[:, j + 1:b1] -= np.outer(err, u[j, j + 1:b1])
-        if b1 < n_in:
-            w[:, b1:] -= errors @ u[b0:b1, b1:]
-    return blocks.pack(qtype, q, _concat_fields(parts))
+            steps, shifts = (a.T for a in blocks.grid(qtype, fields))  # (n_sub, n_out)
+            for s0 in range(g0, g0 + spec.block, spec.sub):
+                s1 = s0 + spec.sub
+                step, shift = steps[(s0 - g0) // spec.sub], shifts[(s0 - g0) // spec.sub]
+                # level = rint((x - shift) / step) + zero = rint(x * inv + to_level); value = step * level + to_value
+                with np.errstate(divide="ignore"):
+                    inv = np.where(step != 0, np.float32(1) / step, np.float32(0))
+                to_level = spec.zero - shift * inv
+                to_value = shift - step * np.float32(spec.zero)
+                for j in range(s0, s1):
+                    x, q, e = wt[j], levels[j], errors[j - b0]
+                    np.multiply(x, inv, out=q)
+                    q += to_level
+                    np.rint(q, out=q)
+                    np.minimum(np.maximum(q, lo, out=q), hi, out=q)
+                    np.multiply(step, q, out=e)
+                    e += to_value
+                    np.subtract(x, e, out=e)
+                    e *= inv_diag[j]
+                    wt[j + 1:s1] -= u[j, j + 1:s1, None] * e
+                wt[s1:b1] -= u[s0:s1, s1:b1].T @ errors[s0 - b0:s1 - b0]
+        wt[b1:] -= u[b0:b1, b1:].T @ errors
+    return blocks.pack(qtype, levels.T.astype(np.uint8), _concat_fields(parts))
 
 
 # --------------------------------------------------------------------------- plans
 
 
+class FactorCache:
+    """The inverse Cholesky factor of each collected H, computed once: attn_q/k/v (and
+    ffn_gate/up) share one H object, so they share one factor. Keeps the last few."""
+
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = keep
+        self._factors: dict[int, tuple[np.ndarray, float, np.ndarray]] = {}
+
+    def get(self, hessian: np.ndarray, damp: float) -> np.ndarray:
+        hit = self._factors.get(id(hessian))
+        if hit is not None and hit[0] is hessian and hit[1] == damp:
+            return hit[2]
+        factor = _inverse_cholesky(hessian, damp)
+        while len(self._factors) >= self.keep:
+            self._factors.pop(next(iter(self._factors)))
+        self._factors[id(hessian)] = (hessian, damp, factor)
+        return factor
+
+
 class OptimizedRows:
     """A planned tensor's rows, GPTQ-quantized to `qtype` as they are read: a RowSource whose
     stored type is the target type, so the writer copies the bytes. Rows are independent under
-    GPTQ (H is shared by all rows), so slabs of rows give the same bytes as the whole tensor."""
+    GPTQ (H is shared by all rows), so slabs of rows give the same bytes as the whole tensor.
 
-    def __init__(self, inner: RowSource, qtype: T, hessian: np.ndarray, *, name: str, damp: float = DAMP) -> None:
-        self.inner, self.qtype, self.hessian, self.name, self.damp = inner, T(qtype), hessian, name, damp
-        self._factor: np.ndarray | None = None
+    Each row keeps whichever of GPTQ's blocks and llama.cpp's importance-matrix blocks (with
+    `imatrix`, the plan's vector) has the smaller error tr(d H d^T) on the calibration data:
+    GPTQ cannot improve on weights that already lie on a grid (a checkpoint that was quantized
+    before), and then llama.cpp's search sometimes finds that grid exactly."""
+
+    def __init__(self, inner: RowSource, qtype: T, hessian: np.ndarray, *, damp: float, name: str,
+                 imatrix: np.ndarray | None, factors: FactorCache, threads: int = 1) -> None:
+        self.inner, self.qtype, self.hessian, self.damp, self.name = inner, T(qtype), hessian, damp, name
+        self.imatrix, self.factors, self.threads = imatrix, factors, threads
+        self.rows_kept = 0  # rows where llama.cpp's blocks won
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -165,9 +210,39 @@ class OptimizedRows:
         rows = _to_f32(self.inner.read(start, stop), self.inner.stored_type, self.shape[-1])
         if not np.isfinite(rows).all():
             raise NonFiniteError(f"tensor {self.name!r} contains NaN or Inf values")
-        if self._factor is None:
-            self._factor = _inverse_cholesky(self.hessian, self.damp).astype(np.float32)
-        return quantize_gptq(self.qtype, rows, self.hessian, factor=self._factor)
+        hessian = self.hessian.astype(np.float32)
+        # A fixed split of the rows, whatever the thread count: BLAS's bits depend on the shapes.
+        pieces = [(a, min(len(rows), a + ROWS_PER_TASK)) for a in range(0, len(rows), ROWS_PER_TASK)]
+        block, size = GGML_QUANT_SIZES[self.qtype]
+        out = np.empty((len(rows), rows.shape[1] // block * size), np.uint8)
+
+        def work(piece: tuple[int, int]) -> int:
+            a, b = piece
+            out[a:b], kept = self._quantize(rows[a:b], hessian, factor)
+            return kept
+
+        with blas.single_threaded():
+            factor = self.factors.get(self.hessian, self.damp)
+            if self.threads > 1 and len(pieces) > 1:
+                with ThreadPoolExecutor(min(self.threads, len(pieces))) as pool:
+                    self.rows_kept += sum(pool.map(work, pieces))
+            else:
+                self.rows_kept += sum(map(work, pieces))
+        return out
+
+    def _quantize(self, rows: np.ndarray, hessian: np.ndarray, factor: np.ndarray) -> tuple[np.ndarray, int]:
+        ours = quantize_gptq(self.qtype, rows, hessian, factor=factor)
+        if self.imatrix is None:
+            return ours, 0
+        theirs = kernels.quantize_rows(self.qtype, rows, imatrix=self.imatrix)
+        errors = [_row_errors(rows, kernels.dequantize_rows(self.qtype, b, rows.shape[1]), hessian) for b in (ours, theirs)]
+        keep = errors[1] < errors[0]
+        return np.where(keep[:, None], theirs, ours), int(keep.sum())
+
+
+def _row_errors(rows: np.ndarray, approx: np.ndarray, hessian: np.ndarray) -> np.ndarray:
+    diff = rows - approx
+    return np.einsum("ij,ij->i", diff @ hessian, diff, dtype=np.float64)
 
 
 def _to_f32(raw: np.ndarray, stored: T, n_per_row: int) -> np.ndarray:
@@ -178,17 +253,20 @@ def _to_f32(raw: np.ndarray, stored: T, n_per_row: int) -> np.ndarray:
     return kernels.dequantize_rows(stored, np.ascontiguousarray(raw), n_per_row)
 
 
-def optimize_plan(plan: Plan, stats: ActivationStats, *, damp: float = DAMP) -> tuple[Plan, list[str]]:
+def optimize_plan(plan: Plan, stats: ActivationStats, *, damp: float = DAMP, threads: int = 1
+                  ) -> tuple[Plan, list[str]]:
     """The plan with every tensor that has a collected H and a target type in OPTIMIZABLE (and is
     re-typed) read through GPTQ; returns it and the names of the optimized tensors."""
     tensors, names = [], []
+    factors = FactorCache()
     for t in plan.tensors:
-        hessian = stats.hessian(t.name)
+        hessian = stats.hessians.get(t.name)  # the raw sum: GPTQ does not depend on H's scale
         if (hessian is None or t.qtype not in OPTIMIZABLE or t.qtype == t.source.stored_type
                 or len(t.shape) != 2 or hessian.shape[0] != t.shape[-1]):
             tensors.append(t)
             continue
         names.append(t.name)
-        tensors.append(replace(t, source=OptimizedRows(t.source, t.qtype, hessian, name=t.name, damp=damp),
-                               imatrix=None))
+        source = OptimizedRows(t.source, t.qtype, hessian, damp=damp, name=t.name, imatrix=t.imatrix, factors=factors,
+                               threads=threads)
+        tensors.append(replace(t, source=source, imatrix=None))
     return replace(plan, tensors=tensors), names

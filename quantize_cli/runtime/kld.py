@@ -139,6 +139,9 @@ class LogitsWriter:
             fd, tmp = tempfile.mkstemp(dir=self.path.parent or ".", prefix=f".{self.path.name}.", suffix=".tmp")
         except OSError as e:
             raise OutputError(f"{self.path}: cannot write here: {e.strerror}") from None
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
         self.tmp = Path(tmp)
         self.file = os.fdopen(fd, "wb")
         header = np.array([(MAGIC, n_ctx, n_vocab, n_chunk)], dtype=HEADER)

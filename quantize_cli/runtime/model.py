@@ -12,17 +12,17 @@ f16 KV cache, output projection, residual, RMSNorm, SwiGLU FFN, residual, final 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import gguf
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from quantize_cli import kernels
 from quantize_cli.errors import InputError, UnsupportedError
-from quantize_cli.formats.gguf_reader import gguf_metadata, read_gguf
+from quantize_cli.formats.gguf_reader import GGUFFile, Tensor, gguf_metadata, read_gguf
 from quantize_cli.runtime import ops
 from quantize_cli.runtime.ops import QTensor
 
@@ -67,28 +67,34 @@ class Config:
             raise UnsupportedError(f"{path}: architecture {arch!r} is not supported by the runtime",
                                    hint=f"supported: {', '.join(ARCHS)}")
 
-        def key(name: str, default: Any = None) -> Any:
+        def key(name: str, default: Any, kind: type) -> Any:
             value = meta.get(f"{arch}.{name}", default)
             if value is None:
                 raise InputError(f"{path}: metadata key {arch}.{name} is missing")
-            return value
+            ok = (isinstance(value, int) and not isinstance(value, bool) and value > 0 if kind is int
+                  else isinstance(value, (int, float)) and math.isfinite(value) and value >= 0)
+            if not ok:
+                raise InputError(f"{path}: metadata key {arch}.{name} = {value!r} is not a "
+                                 f"{'positive integer' if kind is int else 'finite number'}")
+            return kind(value)
 
-        n_embd, n_head = int(key("embedding_length")), int(key("attention.head_count"))
-        head_dim = int(key("attention.key_length", n_embd // n_head))
-        if int(key("attention.value_length", head_dim)) != head_dim:
+        n_embd, n_head = key("embedding_length", None, int), key("attention.head_count", None, int)
+        head_dim = key("attention.key_length", n_embd // n_head, int)
+        if key("attention.value_length", head_dim, int) != head_dim:
             raise UnsupportedError(f"{path}: attention.key_length != attention.value_length is not supported")
         scaling = meta.get(f"{arch}.rope.scaling.type", "none")
         if scaling not in ("none", "linear"):
             raise UnsupportedError(f"{path}: RoPE scaling {scaling!r} ({arch}.rope.scaling.type) is not supported",
                                    hint="supported: none, linear")
-        factor = float(meta.get(f"{arch}.rope.scaling.factor", 1.0)) if scaling == "linear" else 1.0
+        factor = key("rope.scaling.factor", 1.0, float) if scaling == "linear" else 1.0
         spec = ARCHS[arch]
         config = cls(
-            arch=arch, n_layer=int(key("block_count")), n_embd=n_embd, n_head=n_head,
-            n_head_kv=int(key("attention.head_count_kv", n_head)), head_dim=head_dim,
-            n_ff=int(key("feed_forward_length")), n_vocab=n_vocab,
-            n_rot=int(key("rope.dimension_count", head_dim)), rms_eps=float(key("attention.layer_norm_rms_epsilon")),
-            rope_base=float(key("rope.freq_base", 10000.0)), rope_freq_scale=1.0 / factor if factor else 1.0,
+            arch=arch, n_layer=key("block_count", None, int), n_embd=n_embd, n_head=n_head,
+            n_head_kv=key("attention.head_count_kv", n_head, int), head_dim=head_dim,
+            n_ff=key("feed_forward_length", None, int), n_vocab=n_vocab,
+            n_rot=key("rope.dimension_count", head_dim, int),
+            rms_eps=key("attention.layer_norm_rms_epsilon", None, float),
+            rope_base=key("rope.freq_base", 10000.0, float), rope_freq_scale=1.0 / factor if factor else 1.0,
             rope_neox=spec.rope_neox, qkv_bias=spec.qkv_bias,
         )
         if n_head % config.n_head_kv or config.n_rot % 2 or config.n_rot > head_dim:
@@ -125,12 +131,12 @@ class Weights:
 class _TensorTable:
     """The file's tensors by name, checked before use: shape, type, data inside the file."""
 
-    def __init__(self, reader: gguf.GGUFReader, path: Path) -> None:
+    def __init__(self, reader: GGUFFile, path: Path) -> None:
         self.path = path
         self.file_size = path.stat().st_size
         self.tensors = {t.name: t for t in reader.tensors}
 
-    def _get(self, name: str, ne: tuple[int, ...], required: bool) -> gguf.ReaderTensor | None:
+    def _get(self, name: str, ne: tuple[int, ...], required: bool) -> Tensor | None:
         t = self.tensors.get(name)
         if t is None:
             if required:

@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 
 from quantize_cli.errors import InputError, OptionError
-from quantize_cli.runtime.kld import KLDivergence, LogitsFile, LogitsWriter, log_prob_records, record_size, \
-    scored_per_chunk, token_nll
+from quantize_cli.runtime.kld import KLDivergence, LogitsFile, LogitsWriter, log_prob_records, record_size, scored_per_chunk, token_nll
 from quantize_cli.runtime.model import Model, RunState, forward
 
 

@@ -186,21 +186,28 @@ static void test_statuses(void) {
           "scratch bytes");
 }
 
-static void test_ops(void) {
+static void test_ops(int isa) {
     enum { T = 7, H = 4, KV = 2, D = 16 };
-    float q[T * H * D], k[T * KV * D], v[T * KV * D], o[T * H * D], scratch[(D + 4) * T];
+    float q[T * H * D], k[T * KV * D], v[T * KV * D], o[T * H * D], scratch[(D + 8) * 8 + 2 * 8 * 16];
     const int64_t need = qk_attention_scratch_count(T, D);
     CHECK(need > 0 && need <= (int64_t)(sizeof scratch / sizeof scratch[0]), "attention scratch %lld", (long long)need);
     for (int i = 0; i < T * H * D; ++i) q[i] = gauss();
     for (int i = 0; i < T * KV * D; ++i) k[i] = gauss(), v[i] = gauss();
     /* heads in two calls, as two threads */
-    CHECK(qk_attention(q, k, v, o, T, T, H, KV, D, KV * D, D, 0, 1, 0.25f, scratch, need) == T, "attention");
-    CHECK(qk_attention(q, k, v, o, T, T, H, KV, D, KV * D, D, 1, H, 0.25f, scratch, need) == T * (H - 1), "attention");
+    CHECK(qk_attention(isa, q, k, v, o, T, T, H, KV, D, KV * D, D, 0, 1, 0.25f, scratch, need) == T, "attention");
+    CHECK(qk_attention(isa, q, k, v, o, T, T, H, KV, D, KV * D, D, 1, H, 0.25f, scratch, need) == T * (H - 1), "attention");
     for (int h = 0; h < H; ++h) /* the first query sees only key 0: its output is v[0] of its kv head */
         for (int d = 0; d < D; ++d)
             CHECK(fabsf(o[h * D + d] - v[(h / (H / KV)) * D + d]) < 1e-6f, "attention first row h %d", h);
-    CHECK(qk_attention(q, k, v, o, T, T, H, KV, D, KV * D, D, 0, H, 0.25f, scratch, need - 1) == QK_ERR_CAPACITY, "attention scratch");
-    CHECK(qk_attention(q, k, v, o, T, T, H, 3, D, 3 * D, D, 0, H, 0.25f, scratch, need) == QK_ERR_SHAPE, "attention groups");
+    /* the scalar reference agrees; and queries may be the last few of a longer cache */
+    float o2[T * H * D];
+    CHECK(qk_attention(QK_ISA_SCALAR, q, k, v, o2, T, T, H, KV, D, KV * D, D, 0, H, 0.25f, scratch, need) == T * H, "attention");
+    for (int i = 0; i < T * H * D; ++i) CHECK(fabsf(o[i] - o2[i]) < 1e-5f, "attention isa %d vs scalar at %d", isa, i);
+    CHECK(qk_attention(isa, q, k, v, o, 3, T, H, KV, D, KV * D, D, 0, H, 0.25f, scratch, need) == 3 * H, "attention tail");
+    CHECK(qk_attention(QK_ISA_SCALAR, q, k, v, o2, 3, T, H, KV, D, KV * D, D, 0, H, 0.25f, scratch, need) == 3 * H, "attention");
+    for (int i = 0; i < 3 * H * D; ++i) CHECK(fabsf(o[i] - o2[i]) < 1e-5f, "attention tail isa %d vs scalar at %d", isa, i);
+    CHECK(qk_attention(isa, q, k, v, o, T, T, H, KV, D, KV * D, D, 0, H, 0.25f, scratch, need - 1) == QK_ERR_CAPACITY, "attention scratch");
+    CHECK(qk_attention(isa, q, k, v, o, T, T, H, 3, D, 3 * D, D, 0, H, 0.25f, scratch, need) == QK_ERR_SHAPE, "attention groups");
 
     float x[3 * 40], y[3 * 40], w[40];
     for (int i = 0; i < 3 * 40; ++i) x[i] = gauss();
@@ -225,15 +232,21 @@ static void test_ops(void) {
     }
     CHECK(qk_rope(q, T, H, D, D - 1, pos, 10000.0f, 1.0f, NULL, 0) == QK_ERR_SHAPE, "rope odd dims");
 
-    float g[37], u[37], s[37];
+    /* exp-based ops: the same bits on every ISA (n = 37 covers the vector bodies and their tails) */
+    float g[37], u[37], s[37], s2[37];
     for (int i = 0; i < 37; ++i) g[i] = 30.0f * gauss(), u[i] = gauss();
-    CHECK(qk_swiglu(g, u, 37, s) == 37, "swiglu");
+    g[0] = -100.0f, g[1] = 100.0f, g[2] = 0.0f;
+    CHECK(qk_swiglu(isa, g, u, 37, s) == 37, "swiglu");
+    CHECK(qk_swiglu(QK_ISA_SCALAR, g, u, 37, s2) == 37, "swiglu");
     for (int i = 0; i < 37; ++i) {
         const float want = g[i] / (1.0f + expf(-g[i])) * u[i];
         CHECK(fabsf(s[i] - want) <= 1e-6f * fabsf(want) + 1e-30f, "swiglu %d: %g != %g", i, s[i], want);
+        CHECK(same_bits(s[i], s2[i]), "swiglu isa %d vs scalar at %d: %g != %g", isa, i, s[i], s2[i]);
     }
-    float ls[2 * 50];
-    CHECK(qk_log_softmax(x, 2, 50, ls) == 100, "log_softmax");
+    float ls[2 * 50], ls2[2 * 50];
+    CHECK(qk_log_softmax(isa, x, 2, 50, ls) == 100, "log_softmax");
+    CHECK(qk_log_softmax(QK_ISA_SCALAR, x, 2, 50, ls2) == 100, "log_softmax");
+    for (int i = 0; i < 100; ++i) CHECK(same_bits(ls[i], ls2[i]), "log_softmax isa %d vs scalar at %d", isa, i);
     double p = 0;
     for (int i = 0; i < 50; ++i) p += exp(ls[i]);
     CHECK(fabs(p - 1) < 1e-5, "log_softmax sums to %g", p);
@@ -252,7 +265,7 @@ int main(void) {
     test_matmul(isa, 1, VALID, 7, 45, 3);
     test_matmul(isa, 2, RANDOM_BYTES, 7, 23, 2);
     test_statuses();
-    test_ops();
+    test_ops(isa);
     printf("isa %s: %d checks, %d failures\n", isa_name, checks, failures);
     return failures ? 1 : 0;
 }
