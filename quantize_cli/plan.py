@@ -102,13 +102,13 @@ def plan_from_hf(model_dir: Path, ftype: FileType, *, overrides: Overrides | Non
             continue
         entries.append((gguf_name, SafetensorsRows(tensor, family.row_permute(gguf_name, tensor.shape))))
 
-    one_step_quant = ftype.ftype not in (gguf.LlamaFileType.ALL_F32, gguf.LlamaFileType.MOSTLY_F16,
-                                         gguf.LlamaFileType.MOSTLY_BF16, gguf.LlamaFileType.MOSTLY_Q8_0)
-    if overrides is not None and not one_step_quant and overrides != Overrides():
-        raise OptionError(f"tensor-type overrides need a quantized --type (k-quants), not {ftype.name}")
-    if imatrix is not None and not one_step_quant:
-        raise OptionError(f"--imatrix needs a k-quant --type; {ftype.name} does not use an importance matrix",
-                          hint="llama.cpp's converter ignores importance matrices for f32/f16/bf16/q8_0")
+    # Q8_0 is what the converter writes, unless llama-quantize's options are asked for: then, like
+    # the k-quants, it is llama-quantize's output on the converter's lossless file.
+    customised = imatrix is not None or (overrides is not None and overrides != Overrides())
+    one_step_quant = ftype.default in QUANTIZED and (ftype.default != T.Q8_0 or customised)
+    if customised and not one_step_quant:
+        raise OptionError(f"--imatrix and tensor-type overrides need a quantized --type, not {ftype.name}",
+                          hint="f32/f16/bf16 conversions keep every tensor's values as they are")
     shapes = [src.shape for _, src in entries]
 
     if not one_step_quant:

@@ -87,7 +87,13 @@ def test_one_step_kquant_matches_two_step_llamacpp(name: str, qtype: str, models
     ref = llamacpp.quantize(lossless, tmp_path / "ref.gguf", qtype)
     ours = tmp_path / "ours.gguf"
     qconvert(str(models(name)), "--type", qtype, "-o", str(ours))
-    assert_same_file(ours, ref)
+    if qtype == "Q8_0":
+        # Plain `--type q8_0` is the converter's file (test_convert_matches_converter checks it whole);
+        # llama-quantize writes the same tensors and keys, only in its own order.
+        diff = compare_gguf(ours, ref)
+        assert diff.tensors_identical() and diff.metadata_identical(), diff.summary()
+    else:
+        assert_same_file(ours, ref)
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from quantize_cli import kernels
-from quantize_cli.calibration import blas, blocks
+from quantize_cli.calibration import blas, blocks, refine
 from quantize_cli.calibration.blocks import SPECS, Fields
 from quantize_cli.calibration.collect import ActivationStats
 from quantize_cli.errors import NonFiniteError
@@ -87,10 +87,11 @@ def _lower_inverse(lower: np.ndarray) -> np.ndarray:
 
 
 def _block_fields(qtype: T, cols: np.ndarray, importance: np.ndarray) -> Fields:
-    """llama.cpp's importance-matrix choice of fields for the blocks of `cols` (n_out, block*k)."""
-    data = kernels.quantize_rows(qtype, np.ascontiguousarray(cols, dtype=np.float32),
-                                 imatrix=np.ascontiguousarray(importance, dtype=np.float32))
-    return blocks.unpack(qtype, data)[1]
+    """The fields for the blocks of `cols` (n_out, block*k): the importance-weighted search."""
+    cols = np.ascontiguousarray(cols, dtype=np.float32)
+    importance = np.ascontiguousarray(importance, dtype=np.float32)
+    rounds = 3 if SPECS[qtype].block == 256 else 1  # the 32-blocks gain nothing from more rounds
+    return blocks.unpack(qtype, refine.quantize_weighted(qtype, cols, importance, rounds=rounds))[1]
 
 
 def _concat_fields(parts: list[Fields]) -> Fields:
