@@ -117,11 +117,18 @@ def test_imatrix_kquant_matches_llamacpp(fmt: str, qtype: str, smol_hf: Path, sm
     assert_same_file(ours, ref)
 
 
+@pytest.fixture(scope="session")
+def qwen_imatrix(tmp_path_factory, qwen_hf: Path, llamacpp, austen_emma: Path) -> Path:
+    """llama-imatrix on the F16 Qwen2.5-Coder, 2 chunks of Emma (computed once: it is slow on 2 cores)."""
+    f16 = llamacpp.convert_hf(qwen_hf, outtype="f16")
+    return llamacpp.imatrix(f16, austen_emma, out=tmp_path_factory.mktemp("imatrix") / "qwen.imatrix.gguf", chunks=2)
+
+
 @pytest.mark.parametrize("qtype", ["Q4_K_M", "Q5_K_M"])
-def test_qwen_imatrix_kquant_matches_llamacpp(qtype: str, qwen_hf: Path, llamacpp, austen_emma: Path,
+def test_qwen_imatrix_kquant_matches_llamacpp(qtype: str, qwen_hf: Path, qwen_imatrix: Path, llamacpp,
                                               tmp_path: Path) -> None:
     f16 = llamacpp.convert_hf(qwen_hf, outtype="f16")
-    imatrix = llamacpp.imatrix(f16, austen_emma, out=tmp_path / "qwen.imatrix.gguf", chunks=2)
+    imatrix = qwen_imatrix
     ref = llamacpp.quantize(f16, tmp_path / "ref.gguf", qtype, imatrix=imatrix)
     ours = tmp_path / "ours.gguf"
     qconvert(str(qwen_hf), "--type", qtype, "--imatrix", str(imatrix), "-o", str(ours))

@@ -90,8 +90,7 @@ def _block_fields(qtype: T, cols: np.ndarray, importance: np.ndarray) -> Fields:
     """The fields for the blocks of `cols` (n_out, block*k): the importance-weighted search."""
     cols = np.ascontiguousarray(cols, dtype=np.float32)
     importance = np.ascontiguousarray(importance, dtype=np.float32)
-    rounds = 3 if SPECS[qtype].block == 256 else 1  # the 32-blocks gain nothing from more rounds
-    return blocks.unpack(qtype, refine.quantize_weighted(qtype, cols, importance, rounds=rounds))[1]
+    return blocks.unpack(qtype, refine.quantize_weighted(qtype, cols, importance))[1]
 
 
 def _concat_fields(parts: list[Fields]) -> Fields:

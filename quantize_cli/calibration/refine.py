@@ -30,121 +30,121 @@ K_TYPES = (T.Q4_K, T.Q5_K)
 
 
 class _Blocks:
-    """One type's blocks of many rows, as arrays over all blocks at once: x and w (n, n_sub, sub),
-    and the stored fields: d, dmin (n,) fp16 as float16; sc, mn (n, n_sub) integers."""
+    """One type's blocks of many rows as arrays over all blocks at once: x and w (n, n_sub, sub);
+    the stored fields d, dmin (n,) as float16, sc, mn (n, n_sub) as int32. Candidate fields carry
+    a leading candidate axis (c, n) / (c, n, n_sub) and are scored all at once."""
 
     def __init__(self, qtype: T, x: np.ndarray, w: np.ndarray, fields: Fields) -> None:
         spec = SPECS[qtype]
         self.qtype, self.spec = qtype, spec
         n_sub = spec.block // spec.sub
         self.x = x.reshape(-1, n_sub, spec.sub)
-        self.w = np.broadcast_to(w.reshape(1, -1, n_sub, spec.sub), (x.shape[0],) + (w.size // spec.block, n_sub, spec.sub)
-                                 ).reshape(-1, n_sub, spec.sub)
+        per_row = w.reshape(-1, n_sub, spec.sub)  # the importance of one row's blocks
+        self.w = np.broadcast_to(per_row, (x.shape[0],) + per_row.shape).reshape(self.x.shape)
         self.d = fields.d.reshape(-1).view(np.float16).copy()
         self.dmin = None if fields.dmin is None else fields.dmin.reshape(-1).view(np.float16).copy()
         self.sc = None if fields.sc is None else fields.sc.reshape(-1, n_sub).astype(np.int32)
         self.mn = None if fields.mn is None else fields.mn.reshape(-1, n_sub).astype(np.int32)
 
-    def grid(self, d, dmin, sc, mn) -> tuple[np.ndarray, np.ndarray]:
-        """(step, shift) (n, n_sub) float32, computed as ggml dequantizes."""
-        d32 = d.astype(np.float32)[:, None]
-        step = d32 * (sc.astype(np.float32) if sc is not None else np.float32(1))
+    def score(self, d, dmin, sc, mn) -> tuple[np.ndarray, np.ndarray]:
+        """Weighted error (c, n, n_sub) of candidate fields with the nearest levels, and the levels
+        (c, n, n_sub, sub). Grids are computed as ggml dequantizes: step = d*sc, shift = -(dmin*m)."""
+        step = d.astype(np.float32)[..., None]
+        if sc is not None:
+            step = step * sc.astype(np.float32)
+        step = np.broadcast_to(step, step.shape[:-1] + (self.x.shape[1],))
         if self.qtype in K_TYPES:
-            shift = -(dmin.astype(np.float32)[:, None] * mn.astype(np.float32))
+            shift = -(dmin.astype(np.float32)[..., None] * mn.astype(np.float32))
         elif dmin is not None:
-            shift = np.broadcast_to(dmin.astype(np.float32)[:, None], step.shape)
+            shift = dmin.astype(np.float32)[..., None]
         else:
-            shift = np.zeros_like(step)
-        return np.broadcast_to(step, (len(d), self.x.shape[1])), shift
-
-    def levels(self, step: np.ndarray, shift: np.ndarray) -> np.ndarray:
-        """The nearest level of every value on its grid (any level where the step is 0)."""
+            shift = np.float32(0)
+        shift = np.broadcast_to(shift, step.shape)
         with np.errstate(divide="ignore"):
             inv = np.where(step != 0, np.float32(1) / step, np.float32(0))
         q = self.x - shift[..., None]
         q *= inv[..., None]
         np.rint(q, out=q)
         q += self.spec.zero
-        return np.clip(q, 1 if self.qtype == T.Q8_0 else 0, self.spec.nmax, out=q)
-
-    def error(self, d, dmin, sc, mn) -> tuple[np.ndarray, np.ndarray]:
-        """Weighted error per sub-block (n, n_sub) with the best levels for these fields, and
-        those levels."""
-        step, shift = self.grid(d, dmin, sc, mn)
-        q = self.levels(step, shift)
-        value = step[..., None] * (q - self.spec.zero) + shift[..., None]
-        diff = (self.x - value).astype(np.float64)
-        return np.einsum("nsk,nsk->ns", self.w * diff, diff), q
-
-    def state(self) -> tuple:
-        return self.d, self.dmin, self.sc, self.mn
+        np.clip(q, 1 if self.qtype == T.Q8_0 else 0, self.spec.nmax, out=q)
+        diff = q - self.spec.zero
+        diff *= step[..., None]
+        diff += shift[..., None]
+        np.subtract(self.x, diff, out=diff)
+        return np.einsum("...k,...k->...", self.w * diff, diff, dtype=np.float64), q
 
     def fields(self, shape: tuple[int, int]) -> Fields:
         n_rows, n_blocks = shape
-        sc = None if self.sc is None else self.sc.reshape(n_rows, n_blocks, -1)
-        if sc is not None:
-            sc = sc.astype(np.int8) if self.qtype == T.Q6_K else sc.astype(np.uint8)
+
+        def ints(a: np.ndarray | None, dtype: type) -> np.ndarray | None:
+            return None if a is None else a.reshape(n_rows, n_blocks, -1).astype(dtype)
         return Fields(self.d.view(np.uint16).reshape(n_rows, n_blocks),
                       None if self.dmin is None else self.dmin.view(np.uint16).reshape(n_rows, n_blocks),
-                      sc, None if self.mn is None else self.mn.reshape(n_rows, n_blocks, -1).astype(np.uint8))
+                      ints(self.sc, np.int8 if self.qtype == T.Q6_K else np.uint8), ints(self.mn, np.uint8))
 
 
 def _fp16_around(v: np.ndarray) -> list[np.ndarray]:
-    """v rounded to fp16, and its fp16 neighbours below and above (finite values only)."""
-    h = np.nan_to_num(v, nan=0.0, posinf=65504.0, neginf=-65504.0).astype(np.float16)
+    """v rounded to fp16 and its fp16 neighbours below and above (inf and NaN become 0)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        h = v.astype(np.float16)
+    h[~np.isfinite(h)] = 0
     return [h, np.nextafter(h, np.float16(-np.inf)), np.nextafter(h, np.float16(np.inf))]
 
 
 def _solve2(a11, a12, a22, b1, b2) -> tuple[np.ndarray, np.ndarray]:
+    """Solutions of [[a11, a12], [a12, a22]] (u, v) = (b1, b2), NaN where singular."""
     det = a11 * a22 - a12 * a12
     with np.errstate(divide="ignore", invalid="ignore"):
         return (b1 * a22 - b2 * a12) / det, (a11 * b2 - a12 * b1) / det
 
 
-def _refit_ints(b: _Blocks, q: np.ndarray) -> list[tuple]:
-    """Candidate sub-block scales (and mins) around their least-squares values for levels q."""
-    w, x, spec = b.w, b.x, b.spec
-    lv = (q - spec.zero)
+def _int_candidates(b: _Blocks, q: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Sub-block scales (and mins) (c, n, n_sub): the current ones, then the integers around the
+    weighted least-squares fit for levels q."""
+    w, x = b.w, b.x
+    lv = (q - b.spec.zero).astype(np.float64)
     d = b.d.astype(np.float64)[:, None]
-    if b.qtype == T.Q6_K:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            a = np.einsum("nsk,nsk->ns", w * x, lv) / np.einsum("nsk,nsk->ns", w * lv, lv) / d
-        base = np.floor(np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0))
-        return [(b.d, b.dmin, np.clip(base + k, -128, 127).astype(np.int32), b.mn) for k in (0, 1)]
-    # value = (d*sc)*q - (dmin*m): least squares in (A, B) = (d*sc, dmin*m), per sub-block
-    sw, swq, swqq = w.sum(-1), (w * lv).sum(-1), (w * lv * lv).sum(-1)
-    swx, swqx = (w * x).sum(-1), (w * lv * x).sum(-1)
-    a, minus_b = _solve2(swqq, swq, sw, swqx, swx)  # value = A*q + C with C = -B
-    dmin = b.dmin.astype(np.float64)[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
+        if b.qtype == T.Q6_K:  # value = (d*sc) * lv
+            a = np.einsum("nsk,nsk->ns", w * x, lv) / np.einsum("nsk,nsk->ns", w * lv, lv) / d
+            base = np.floor(np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0))
+            return np.stack([b.sc] + [np.clip(base + k, -128, 127) for k in (0, 1)]).astype(np.int32), None
+        # value = (d*sc) * lv - (dmin*m): least squares in (A, C) = (d*sc, -dmin*m)
+        a, c = _solve2((w * lv * lv).sum(-1), (w * lv).sum(-1), w.sum(-1), (w * lv * x).sum(-1), (w * x).sum(-1))
         sc = np.nan_to_num(a / d, nan=-1.0, posinf=-1.0, neginf=-1.0)
-        mn = np.nan_to_num(-minus_b / dmin, nan=-1.0, posinf=-1.0, neginf=-1.0)
-    out = []
+        mn = np.nan_to_num(-c / b.dmin.astype(np.float64)[:, None], nan=-1.0, posinf=-1.0, neginf=-1.0)
+    scs, mns = [b.sc], [b.mn]
     for ks, km in itertools.product((0, 1), (0, 1)):
-        s = np.where(sc >= 0, np.clip(np.floor(sc) + ks, 0, 63), b.sc).astype(np.int32)
-        m = np.where(mn >= 0, np.clip(np.floor(mn) + km, 0, 63), b.mn).astype(np.int32)
-        out.append((b.d, b.dmin, s, m))
-    return out
+        scs.append(np.where(sc >= 0, np.clip(np.floor(sc) + ks, 0, 63), b.sc))
+        mns.append(np.where(mn >= 0, np.clip(np.floor(mn) + km, 0, 63), b.mn))
+    return np.stack(scs).astype(np.int32), np.stack(mns).astype(np.int32)
 
 
-def _refit_floats(b: _Blocks, q: np.ndarray) -> list[tuple]:
-    """Candidate fp16 block scales around their least-squares values for levels q (and ints)."""
-    w, x, spec = b.w, b.x, b.spec
-    lv = q - spec.zero
+def _float_candidates(b: _Blocks, q: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Block scales d (and dmin or m) (c, n): the current ones, then the fp16 values around the
+    weighted least-squares fit for levels q and the sub-block integers."""
+    w, x = b.w, b.x
+    lv = (q - b.spec.zero).astype(np.float64)
     if b.sc is not None:
-        lv = lv * b.sc[..., None]  # value = d * (sc*lv) [- dmin * m]
+        lv = lv * b.sc[..., None]  # value = d * (sc*lv) [- dmin*m]
     if b.qtype in K_TYPES:
         m = np.broadcast_to(b.mn[..., None].astype(np.float64), x.shape)
-        a11, a12, a22 = (w * lv * lv).sum((1, 2)), -(w * lv * m).sum((1, 2)), (w * m * m).sum((1, 2))
-        d, dmin = _solve2(a11, a12, a22, (w * lv * x).sum((1, 2)), -(w * m * x).sum((1, 2)))
-        return [(dd, mm, b.sc, b.mn) for dd in _fp16_around(d) for mm in _fp16_around(dmin)]
-    if b.dmin is not None:  # Q4_1/Q5_1: value = d*q + m
-        d, m = _solve2((w * lv * lv).sum((1, 2)), (w * lv).sum((1, 2)), w.sum((1, 2)),
-                       (w * lv * x).sum((1, 2)), (w * x).sum((1, 2)))
-        return [(dd, mm, b.sc, b.mn) for dd in _fp16_around(d) for mm in _fp16_around(m)]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        d = (w * lv * x).sum((1, 2)) / (w * lv * lv).sum((1, 2))
-    return [(dd, b.dmin, b.sc, b.mn) for dd in _fp16_around(d)]
+        d, other = _solve2((w * lv * lv).sum((1, 2)), -(w * lv * m).sum((1, 2)), (w * m * m).sum((1, 2)),
+                           (w * lv * x).sum((1, 2)), -(w * m * x).sum((1, 2)))
+    elif b.dmin is not None:  # Q4_1/Q5_1: value = d*lv + m
+        d, other = _solve2((w * lv * lv).sum((1, 2)), (w * lv).sum((1, 2)), w.sum((1, 2)),
+                           (w * lv * x).sum((1, 2)), (w * x).sum((1, 2)))
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d = (w * lv * x).sum((1, 2)) / (w * lv * lv).sum((1, 2))
+        return np.stack([b.d] + _fp16_around(d)), None
+    pairs = list(itertools.product(_fp16_around(d), _fp16_around(other)))
+    return np.stack([b.d] + [p[0] for p in pairs]), np.stack([b.dmin] + [p[1] for p in pairs])
+
+
+def _pick(values: np.ndarray, best: np.ndarray) -> np.ndarray:
+    """values (c, *shape) at the candidate index best (shape) of each position."""
+    return np.take_along_axis(values, best[None], axis=0)[0]
 
 
 def quantize_weighted(qtype: T, rows: np.ndarray, importance: np.ndarray, *, rounds: int = ROUNDS) -> np.ndarray:
@@ -155,32 +155,31 @@ def quantize_weighted(qtype: T, rows: np.ndarray, importance: np.ndarray, *, rou
     spec = SPECS[qtype]
     n_rows, n = rows.shape
     start = kernels.quantize_rows(qtype, rows, imatrix=importance)
-    q0, fields = blocks.unpack(qtype, start)
-    b = _Blocks(qtype, rows, importance.astype(np.float32), fields)
-    err, q = b.error(*b.state())  # (n_blocks, n_sub)
+    b = _Blocks(qtype, rows, importance.astype(np.float32), blocks.unpack(qtype, start)[1])
+
+    def current() -> tuple:
+        return (b.d[None], None if b.dmin is None else b.dmin[None],
+                None if b.sc is None else b.sc[None], None if b.mn is None else b.mn[None])
+
+    err, q = b.score(*current())
+    err, q = err[0], q[0]
     for _ in range(rounds):
         before = err.sum()
-        if b.sc is not None:  # sub-block integers: each sub-block keeps its best candidate
-            for _, _, sc, mn in _refit_ints(b, q):
-                e, _ = b.error(b.d, b.dmin, sc, mn)
-                better = e < err * (1 - 1e-7)
-                b.sc = np.where(better, sc, b.sc)
-                if mn is not None:
-                    b.mn = np.where(better, mn, b.mn)
-                err = np.where(better, e, err)
-            err, q = b.error(*b.state())
-        for d, dmin, _, _ in _refit_floats(b, q):  # block floats: each block keeps its best candidate
-            if not np.isfinite(d.astype(np.float32)).all() or (dmin is not None and
-                                                               not np.isfinite(dmin.astype(np.float32)).all()):
-                continue
-            e, _ = b.error(d, dmin, b.sc, b.mn)
-            better = e.sum(1) < err.sum(1) * (1 - 1e-7)
-            b.d = np.where(better, d, b.d)
-            if dmin is not None:
-                b.dmin = np.where(better, dmin, b.dmin)
-            err = np.where(better[:, None], e, err)
-        err, q = b.error(*b.state())
+        if b.sc is not None:  # each sub-block takes its best integers (the current ones first)
+            scs, mns = _int_candidates(b, q)
+            e, _ = b.score(b.d[None], None if b.dmin is None else b.dmin[None], scs, mns)
+            best = np.argmin(e, axis=0)
+            b.sc = _pick(scs, best)
+            b.mn = None if mns is None else _pick(mns, best)
+            err, q = b.score(*current())
+            err, q = err[0], q[0]
+        ds, others = _float_candidates(b, q)  # each block takes its best fp16 scales
+        e, qs = b.score(ds, others, None if b.sc is None else b.sc[None], None if b.mn is None else b.mn[None])
+        best = np.argmin(e.sum(-1), axis=0)
+        b.d = _pick(ds, best)
+        b.dmin = None if others is None else _pick(others, best)
+        err = np.take_along_axis(e, best[None, :, None], axis=0)[0]
+        q = np.take_along_axis(qs, best[None, :, None, None], axis=0)[0]
         if not err.sum() < before * (1 - 1e-6):
             break
-    levels = q.reshape(n_rows, n).astype(np.uint8)
-    return blocks.pack(qtype, levels, b.fields((n_rows, n // spec.block)))
+    return blocks.pack(qtype, q.reshape(n_rows, n).astype(np.uint8), b.fields((n_rows, n // spec.block)))
