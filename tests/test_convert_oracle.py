@@ -27,6 +27,14 @@ pytestmark = pytest.mark.oracle
 KQUANTS = ["Q4_K_M", "Q5_K_M", "Q4_K_S", "Q5_K_S", "Q6_K", "Q8_0"]
 
 
+@pytest.fixture(autouse=True)
+def _drop_outputs(tmp_path: Path):
+    """Qwen files are GBs each: delete a test's GGUFs as soon as it is done, pass or fail."""
+    yield
+    for f in tmp_path.glob("*.gguf"):
+        f.unlink()
+
+
 def qconvert(*args: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "quantize_cli", *args], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})

@@ -1,18 +1,18 @@
 """Calibration-aware quantization that still writes llama.cpp's standard blocks.
 
 `quantize_gptq` is GPTQ (Frantar et al., 2022) inside ggml's grids. The loss of a linear layer with
-inputs X is tr((W - Wq) H (W - Wq)^T), H = X^T X / n (the `hessian` collected with the importance
+inputs X is tr((W - Wq) H (W - Wq)^T), H = X^T X (the `hessians` collected with the importance
 matrix). Columns (input features) are quantized left to right; the rounding error of each column
 is spread over the columns not yet quantized through the Cholesky factor of H^-1, so later columns
 compensate for earlier ones. The grids are ggml's: at the first column of each block (256 for the
-K-quants, 32 for the others) llama.cpp's own importance-matrix quantizer picks the block's fields
-(d, dmin, 6-bit scales and mins) for the *current*, error-updated weights, with diag(H) as the
-importance; each column is then rounded to its sub-block's grid. The result is packed by
-`blocks.pack` into bytes that any llama.cpp build loads and runs unchanged.
+K-quants, 32 for the others) the block's fields (d, dmin, 6-bit scales and mins) are chosen for the
+*current*, error-updated weights by `refine.quantize_weighted` (llama.cpp's importance-matrix
+search, then an importance-weighted least-squares refinement) with diag(H) as the importance; each
+column is then rounded to its sub-block's grid. `blocks.pack` turns levels and fields into bytes
+that any llama.cpp build loads and runs unchanged.
 
-`quantize_weighted` is the fallback when only diag(H) (the importance matrix) is known: the same
-block layout, with more scale candidates than llama.cpp tries and a few rounds of coordinate
-descent between levels and scales, all against sum_j imatrix[j] * (w_j - wq_j)^2.
+`optimize_plan` puts the optimizer into a conversion plan, tensor by tensor: GPTQ where H was
+collected, `refine.quantize_weighted` where only the importance matrix is known.
 """
 
 from __future__ import annotations
@@ -179,20 +179,27 @@ class FactorCache:
 
 
 class OptimizedRows:
-    """A planned tensor's rows, GPTQ-quantized to `qtype` as they are read: a RowSource whose
-    stored type is the target type, so the writer copies the bytes. Rows are independent under
-    GPTQ (H is shared by all rows), so slabs of rows give the same bytes as the whole tensor.
+    """A planned tensor's rows, quantized to `qtype` by the optimizer as they are read: a RowSource
+    whose stored type is the target type, so the writer copies its bytes. Both methods treat rows
+    independently (H and the importance are shared by all rows), so any slab of rows gives the
+    same bytes as the whole tensor, and a fixed split of the rows over the worker threads gives the
+    same bytes for any thread count.
 
-    Each row keeps whichever of GPTQ's blocks and llama.cpp's importance-matrix blocks (with
-    `imatrix`, the plan's vector) has the smaller error tr(d H d^T) on the calibration data:
-    GPTQ cannot improve on weights that already lie on a grid (a checkpoint that was quantized
-    before), and then llama.cpp's search sometimes finds that grid exactly."""
+    With `hessian`: GPTQ, and each row keeps whichever of GPTQ's blocks and llama.cpp's
+    importance-matrix blocks (`imatrix`, the plan's vector) has the smaller tr(d H d^T) on the
+    calibration data. GPTQ cannot improve weights that already lie on a grid (a checkpoint that was
+    quantized before), where llama.cpp's search sometimes finds that grid exactly.
+    Without: the importance-weighted block search of `refine` (needs `imatrix`)."""
 
-    def __init__(self, inner: RowSource, qtype: T, hessian: np.ndarray, *, damp: float, name: str,
-                 imatrix: np.ndarray | None, factors: FactorCache, threads: int = 1) -> None:
-        self.inner, self.qtype, self.hessian, self.damp, self.name = inner, T(qtype), hessian, damp, name
-        self.imatrix, self.factors, self.threads = imatrix, factors, threads
-        self.rows_kept = 0  # rows where llama.cpp's blocks won
+    def __init__(self, inner: RowSource, qtype: T, *, name: str, hessian: np.ndarray | None,
+                 imatrix: np.ndarray | None, damp: float = DAMP, factors: FactorCache | None = None,
+                 threads: int = 1) -> None:
+        if hessian is None and imatrix is None:
+            raise ValueError(f"{name}: the optimizer needs H or an importance vector")
+        self.inner, self.qtype, self.name = inner, T(qtype), name
+        self.hessian, self.imatrix, self.damp = hessian, imatrix, damp
+        self.factors, self.threads = factors or FactorCache(), threads
+        self.rows_kept = 0  # rows where llama.cpp's blocks won over GPTQ's
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -210,19 +217,22 @@ class OptimizedRows:
         rows = _to_f32(self.inner.read(start, stop), self.inner.stored_type, self.shape[-1])
         if not np.isfinite(rows).all():
             raise NonFiniteError(f"tensor {self.name!r} contains NaN or Inf values")
-        hessian = self.hessian.astype(np.float32)
-        # A fixed split of the rows, whatever the thread count: BLAS's bits depend on the shapes.
         pieces = [(a, min(len(rows), a + ROWS_PER_TASK)) for a in range(0, len(rows), ROWS_PER_TASK)]
         block, size = GGML_QUANT_SIZES[self.qtype]
         out = np.empty((len(rows), rows.shape[1] // block * size), np.uint8)
-
-        def work(piece: tuple[int, int]) -> int:
-            a, b = piece
-            out[a:b], kept = self._quantize(rows[a:b], hessian, factor)
-            return kept
-
         with blas.single_threaded():
-            factor = self.factors.get(self.hessian, self.damp)
+            if self.hessian is not None:
+                hessian = self.hessian.astype(np.float32)
+                factor = self.factors.get(self.hessian, self.damp)
+                quantize = lambda part: self._gptq(part, hessian, factor)  # noqa: E731
+            else:
+                quantize = lambda part: (refine.quantize_weighted(self.qtype, part, self.imatrix), 0)  # noqa: E731
+
+            def work(piece: tuple[int, int]) -> int:
+                a, b = piece
+                out[a:b], kept = quantize(rows[a:b])
+                return kept
+
             if self.threads > 1 and len(pieces) > 1:
                 with ThreadPoolExecutor(min(self.threads, len(pieces))) as pool:
                     self.rows_kept += sum(pool.map(work, pieces))
@@ -230,7 +240,7 @@ class OptimizedRows:
                 self.rows_kept += sum(map(work, pieces))
         return out
 
-    def _quantize(self, rows: np.ndarray, hessian: np.ndarray, factor: np.ndarray) -> tuple[np.ndarray, int]:
+    def _gptq(self, rows: np.ndarray, hessian: np.ndarray, factor: np.ndarray) -> tuple[np.ndarray, int]:
         ours = quantize_gptq(self.qtype, rows, hessian, factor=factor)
         if self.imatrix is None:
             return ours, 0
@@ -253,20 +263,24 @@ def _to_f32(raw: np.ndarray, stored: T, n_per_row: int) -> np.ndarray:
     return kernels.dequantize_rows(stored, np.ascontiguousarray(raw), n_per_row)
 
 
-def optimize_plan(plan: Plan, stats: ActivationStats, *, damp: float = DAMP, threads: int = 1
-                  ) -> tuple[Plan, list[str]]:
-    """The plan with every tensor that has a collected H and a target type in OPTIMIZABLE (and is
-    re-typed) read through GPTQ; returns it and the names of the optimized tensors."""
-    tensors, names = [], []
+def optimize_plan(plan: Plan, stats: ActivationStats | None = None, *, damp: float = DAMP, threads: int = 1
+                  ) -> tuple[Plan, dict[str, str]]:
+    """The plan with its re-typed 2-D tensors of an OPTIMIZABLE type read through the optimizer:
+    GPTQ where `stats` holds the tensor's H, else the importance-weighted search where the plan
+    gives the tensor an importance vector (llama.cpp's imatrix rule), else unchanged.
+    Returns the plan and {tensor name: "gptq" | "weighted"}."""
+    tensors, methods = [], {}
     factors = FactorCache()
     for t in plan.tensors:
-        hessian = stats.hessians.get(t.name)  # the raw sum: GPTQ does not depend on H's scale
-        if (hessian is None or t.qtype not in OPTIMIZABLE or t.qtype == t.source.stored_type
-                or len(t.shape) != 2 or hessian.shape[0] != t.shape[-1]):
+        hessian = stats.hessians.get(t.name) if stats is not None else None  # a raw sum: GPTQ ignores H's scale
+        if hessian is not None and hessian.shape != (t.shape[-1], t.shape[-1]):
+            hessian = None
+        if (t.qtype not in OPTIMIZABLE or t.qtype == t.source.stored_type or len(t.shape) != 2
+                or (hessian is None and t.imatrix is None)):
             tensors.append(t)
             continue
-        names.append(t.name)
-        source = OptimizedRows(t.source, t.qtype, hessian, damp=damp, name=t.name, imatrix=t.imatrix, factors=factors,
-                               threads=threads)
+        methods[t.name] = "gptq" if hessian is not None else "weighted"
+        source = OptimizedRows(t.source, t.qtype, name=t.name, hessian=hessian, imatrix=t.imatrix, damp=damp,
+                               factors=factors, threads=threads)
         tensors.append(replace(t, source=source, imatrix=None))
-    return replace(plan, tensors=tensors), names
+    return replace(plan, tensors=tensors), methods
