@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -69,30 +68,17 @@ def imatrix_cmd(
 
 def _collect(model_arg: str, text: Path, *, ctx: int, chunks: int | None, stats, process_output: bool,
              threads: int, revision: str | None, outdir: Path):
-    from quantize_cli.calibration.collect import collect, lossless_gguf
+    from quantize_cli.calibration.collect import calibrate
     from quantize_cli.hub import resolve_model
-    from quantize_cli.runtime.model import load_model
-    from quantize_cli.runtime.perplexity import read_text
-    from quantize_cli.runtime.tokenizer import Tokenizer
 
     resolved = resolve_model(model_arg, revision=revision)
-    content = read_text(text)
-    with tempfile.TemporaryDirectory(prefix=".qconvert-imatrix-", dir=outdir) as tmp:
-        path = resolved.path
-        if resolved.kind == "dir":
-            ui.info(f"converting {path} to a lossless GGUF for the forward pass")
-            path = lossless_gguf(resolved.path, Path(tmp) / "model.gguf", threads=threads)
-        net = load_model(path)
-        tokenizer = Tokenizer.from_gguf_metadata(net.metadata)
-        tokens = tokenizer.encode(content, add_bos=tokenizer.add_bos)
-        n_chunk = min(chunks or len(tokens) // ctx, len(tokens) // ctx)
-        ui.info(f"[bold]{resolved.path}[/]: importance matrix over {text}, {len(tokens)} tokens, "
-                f"{n_chunk} chunks of {ctx}, {threads} threads")
-        with _progress() as on_chunk:
-            stats = collect(net, tokens, n_ctx=ctx, n_chunk=chunks, bos_id=tokenizer.bos_id if tokenizer.add_bos else None,
-                            process_output=process_output, previous=stats, dataset=str(text), threads=threads,
-                            source=str(text), on_chunk=on_chunk)
-    return stats, n_chunk * ctx
+    ui.info(f"[bold]{resolved.path}[/]: importance matrix over {text}, context {ctx}, {threads} threads")
+    with _progress() as on_chunk:
+        result = calibrate(resolved.path, text, n_ctx=ctx, n_chunk=chunks, process_output=process_output,
+                           previous=stats, threads=threads, workdir=outdir, on_chunk=on_chunk, on_status=ui.info)
+    ui.info(f"{result.n_chunk} chunks, {result.n_chunk * ctx} tokens in {result.seconds:.1f} s "
+            f"({result.n_chunk * ctx / max(result.seconds, 1e-9):.0f} tokens/s)")
+    return result.stats, result.n_chunk * ctx
 
 
 @contextmanager

@@ -15,6 +15,7 @@ n_in, float32; one matrix per input, shared by the weights reading it) for the o
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,11 +24,16 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType
 
+from quantize_cli.calibration import blas
 from quantize_cli.errors import InputError, NonFiniteError, OptionError
+from quantize_cli.formats.imatrix import ImportanceMatrix
 from quantize_cli.runtime import ops
 from quantize_cli.runtime.model import Model, RunState, forward
 
 MIN_ROWS = 16  # llama-imatrix ignores matrix multiplications of smaller batches
+
+# Which inputs get a full H: all (True), none (False), or those where f(first weight name, n_in).
+HessianChoice = bool | Callable[[str, int], bool]
 
 
 @dataclass
@@ -59,6 +65,12 @@ class ActivationStats:
                 out[e * per:(e + 1) * per] = s[e * per:(e + 1) * per] / np.float32(n)
         return out
 
+    def importance_matrix(self, path_arg: str) -> ImportanceMatrix:
+        """The statistics as llama-quantize would read them back from a GGUF imatrix file named
+        `path_arg` (the string the quantize.imatrix.file key records)."""
+        entries = {name: self.importance(name) for name in self.sums}
+        return ImportanceMatrix(path_arg, entries, datasets=list(self.datasets), chunk_count=self.chunk_count)
+
     def hessian(self, name: str) -> np.ndarray | None:
         """H / n_rows (float32 (n_in, n_in)): the mean of x x^T, or None when not collected."""
         h = self.hessians.get(name)
@@ -80,7 +92,7 @@ class _Accumulator:
 class Collector:
     """Receives every matrix multiplication's input during a forward pass (see `observing`)."""
 
-    def __init__(self, stats: ActivationStats, *, process_output: bool, hessians: bool) -> None:
+    def __init__(self, stats: ActivationStats, *, process_output: bool, hessians: HessianChoice = False) -> None:
         self.stats = stats
         self.process_output = process_output
         self.hessians = hessians
@@ -106,7 +118,8 @@ class Collector:
             raise NonFiniteError(f"{names[0]}: non-finite activations in {self.location}",
                                  hint="the model produces NaN/Inf on this text; check the model file")
         if acc.hessian is not None:
-            acc.hessian += x.T @ x
+            with blas.single_threaded():  # the same bits whatever the machine's load
+                acc.hessian += x.T @ x
 
     def _start(self, names: tuple[str, ...], n_in: int) -> _Accumulator:
         """A new accumulator, seeded with merged statistics (--in-file) when they exist."""
@@ -118,7 +131,8 @@ class Collector:
                 raise InputError(f"{names[0]}: previous importance matrix has {prior[0].size} values, the model's "
                                  f"input has {n_in}", hint="the --in-file was computed for a different model")
             sums, count = prior[0].copy(), int(self.stats.counts[names[0]][0])
-        hessian = np.zeros((n_in, n_in), np.float32) if self.hessians else None
+        wanted = self.hessians(names[0], n_in) if callable(self.hessians) else self.hessians
+        hessian = np.zeros((n_in, n_in), np.float32) if wanted else None
         acc = _Accumulator(names, sums, count, hessian)
         self._accumulators[names] = acc
         return acc
@@ -172,6 +186,12 @@ class ChunkProgress:
         return self.seconds / self.index * (self.n_chunk - self.index)
 
 
+def _check_ctx(n_ctx: int) -> None:
+    if n_ctx < MIN_ROWS:
+        raise OptionError(f"--ctx {n_ctx}: each chunk must hold at least {MIN_ROWS} tokens "
+                          "(llama-imatrix does not collect smaller batches)")
+
+
 def collect(
     model: Model,
     tokens: np.ndarray,
@@ -180,7 +200,7 @@ def collect(
     n_chunk: int | None = None,
     bos_id: int | None = None,
     process_output: bool = False,
-    hessians: bool = False,
+    hessians: HessianChoice = False,
     previous: ActivationStats | None = None,
     dataset: str | None = None,
     threads: int = 1,
@@ -189,10 +209,10 @@ def collect(
 ) -> ActivationStats:
     """Run `model` over `tokens` (BOS included where the vocabulary adds it) and return the
     statistics, added to `previous` (merged --in-file statistics) when given. `dataset` names the
-    text in the file's metadata; `source` names it in error messages."""
-    if n_ctx < MIN_ROWS:
-        raise OptionError(f"--ctx {n_ctx}: each chunk must hold at least {MIN_ROWS} tokens "
-                          "(smaller batches are not collected)")
+    text in the file's metadata; `source` names it in error messages. hessians: also sum H = X^T X,
+    for every input (True) or for those where hessians(first weight name, n_in) is true (n_in^2
+    floats each: an 8960-wide input takes 320 MB per layer)."""
+    _check_ctx(n_ctx)
     tokens = np.asarray(tokens, dtype=np.int32)
     if len(tokens) < 2 * n_ctx:
         raise InputError(f"{source}: {len(tokens)} tokens; an importance matrix with a context of {n_ctx} needs at "
@@ -236,3 +256,63 @@ def lossless_gguf(model_dir: Path, out: Path, *, threads: int = 1) -> Path:
         plan = plan_from_hf(model_dir, file_type("bf16"))
     write_plan(plan, out, threads=threads)
     return out
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What `calibrate` returns: the statistics and how they were made."""
+
+    stats: ActivationStats
+    n_tokens: int   # tokens of the text
+    n_chunk: int    # chunks evaluated
+    seconds: float  # evaluation time
+
+
+def calibrate(
+    model_path: Path,
+    text: Path,
+    *,
+    n_ctx: int = 512,
+    n_chunk: int | None = None,
+    hessians: HessianChoice = False,
+    process_output: bool = False,
+    previous: ActivationStats | None = None,
+    threads: int = 1,
+    workdir: Path | None = None,
+    on_chunk: Callable[[ChunkProgress], None] | None = None,
+    on_status: Callable[[str], None] | None = None,
+) -> Calibration:
+    """The statistics of a model (an unquantized .gguf file or an HF folder, which is first
+    converted to a lossless GGUF in `workdir`) on a UTF-8 text, tokenized and chunked as
+    llama-imatrix does. The dataset name recorded is `text` as given."""
+    from quantize_cli.runtime.model import load_model
+    from quantize_cli.runtime.perplexity import read_text
+    from quantize_cli.runtime.tokenizer import Tokenizer
+
+    _check_ctx(n_ctx)
+    content = read_text(text)
+    with tempfile.TemporaryDirectory(prefix=".qconvert-calibrate-", dir=workdir) as tmp:
+        path = Path(model_path)
+        if path.is_dir():
+            if on_status is not None:
+                on_status(f"converting {path} to a lossless GGUF for the forward pass")
+            path = lossless_gguf(path, Path(tmp) / "model.gguf", threads=threads)
+        net = load_model(path)
+        tokenizer = Tokenizer.from_gguf_metadata(net.metadata)
+        tokens = np.asarray(tokenizer.encode(content, add_bos=tokenizer.add_bos), dtype=np.int32)
+        chunks = min(n_chunk or len(tokens) // n_ctx, len(tokens) // n_ctx)
+        if on_status is not None:
+            on_status(f"{model_path}: {len(tokens)} tokens of {text}, {chunks} chunks of {n_ctx}")
+        seconds = 0.0
+
+        def progress(p: ChunkProgress) -> None:
+            nonlocal seconds
+            seconds = p.seconds
+            if on_chunk is not None:
+                on_chunk(p)
+
+        stats = collect(net, tokens, n_ctx=n_ctx, n_chunk=n_chunk,
+                        bos_id=tokenizer.bos_id if tokenizer.add_bos else None, process_output=process_output,
+                        hessians=hessians, previous=previous,
+                        dataset=str(text), threads=threads, source=str(text), on_chunk=progress)
+    return Calibration(stats, len(tokens), chunks, seconds)
