@@ -43,6 +43,12 @@ def throughput_rows() -> list[list[str]]:
     return out
 
 
+def _same(a: Path, b: Path) -> bool:
+    """Compare by streamed digests: reading GBs into this process would raise the peak RSS that
+    forked children inherit, and spoil the next measurement."""
+    return fixtures.sha256_file(a) == fixtures.sha256_file(b)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--layers", type=int, default=22)
@@ -61,7 +67,7 @@ def main() -> None:
                        env=env, log=work / "conv.log")
         quant = measure("llama-quantize", [str(quantize_tool), str(work / "bf16.gguf"), str(work / "ref.gguf"),
                                            "Q4_K_M", "2"], log=work / "quant.log")
-        same = (work / "ours.gguf").read_bytes() == (work / "ref.gguf").read_bytes()
+        same = _same(work / "ours.gguf", work / "ref.gguf")
         for f in ("bf16.gguf", "ref.gguf", "ours.gguf"):
             (work / f).unlink()
         two_step = conv.seconds + quant.seconds
@@ -74,7 +80,7 @@ def main() -> None:
                                                      "-o", str(work / "ours.gguf")), log=work / "ours2.log")
         quant = measure("llama-quantize", [str(quantize_tool), str(f16), str(work / "ref.gguf"), "Q4_K_M", "2"],
                         log=work / "quant2.log")
-        same = (work / "ours.gguf").read_bytes() == (work / "ref.gguf").read_bytes()
+        same = _same(work / "ours.gguf", work / "ref.gguf")
         rows.append(["F16 GGUF -> Q4_K_M", f"{ours.seconds:.1f}", f"{ours.peak_rss_mb:.0f}", f"{quant.seconds:.1f}",
                      f"{quant.peak_rss_mb:.0f}", f"{ours.seconds / quant.seconds:.2f}x", "yes" if same else "NO"])
     print_table(f"Quantize, synthetic TinyLlama shapes ({args.layers} layers), 2 threads", rows,
