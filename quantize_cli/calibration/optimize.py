@@ -90,7 +90,7 @@ def _block_fields(qtype: T, cols: np.ndarray, importance: np.ndarray) -> Fields:
     """The fields for the blocks of `cols` (n_out, block*k): the importance-weighted search."""
     cols = np.ascontiguousarray(cols, dtype=np.float32)
     importance = np.ascontiguousarray(importance, dtype=np.float32)
-    return blocks.unpack(qtype, refine.quantize_weighted(qtype, cols, importance))[1]
+    return refine.search(qtype, cols, importance)[1]
 
 
 def _concat_fields(parts: list[Fields]) -> Fields:
@@ -129,10 +129,11 @@ def quantize_gptq(qtype: T, weight: np.ndarray, hessian: np.ndarray, *, damp: fl
         b1 = min(n_in, b0 + batch)
         errors = np.empty((b1 - b0, n_out), np.float32)  # scaled error of each column of the batch
         for g0 in range(b0, b1, spec.block):
-            fields = _block_fields(qtype, wt[g0:g0 + spec.block].T, importance[g0:g0 + spec.block])
+            g1 = g0 + spec.block
+            fields = _block_fields(qtype, wt[g0:g1].T, importance[g0:g1])
             parts.append(fields)
             steps, shifts = (a.T for a in blocks.grid(qtype, fields))  # (n_sub, n_out)
-            for s0 in range(g0, g0 + spec.block, spec.sub):
+            for s0 in range(g0, g1, spec.sub):
                 s1 = s0 + spec.sub
                 step, shift = steps[(s0 - g0) // spec.sub], shifts[(s0 - g0) // spec.sub]
                 # level = rint((x - shift) / step) + zero = rint(x * inv + to_level); value = step * level + to_value
@@ -185,11 +186,8 @@ class OptimizedRows:
     same bytes as the whole tensor, and a fixed split of the rows over the worker threads gives the
     same bytes for any thread count.
 
-    With `hessian`: GPTQ, and each row keeps whichever of GPTQ's blocks and llama.cpp's
-    importance-matrix blocks (`imatrix`, the plan's vector) has the smaller tr(d H d^T) on the
-    calibration data. GPTQ cannot improve weights that already lie on a grid (a checkpoint that was
-    quantized before), where llama.cpp's search sometimes finds that grid exactly.
-    Without: the importance-weighted block search of `refine` (needs `imatrix`)."""
+    With `hessian`: GPTQ. Without: the importance-weighted block search of `refine` with
+    `imatrix` (the plan's vector, llama.cpp's importance)."""
 
     def __init__(self, inner: RowSource, qtype: T, *, name: str, hessian: np.ndarray | None,
                  imatrix: np.ndarray | None, damp: float = DAMP, factors: FactorCache | None = None,
@@ -199,7 +197,6 @@ class OptimizedRows:
         self.inner, self.qtype, self.name = inner, T(qtype), name
         self.hessian, self.imatrix, self.damp = hessian, imatrix, damp
         self.factors, self.threads = factors or FactorCache(), threads
-        self.rows_kept = 0  # rows where llama.cpp's blocks won over GPTQ's
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -224,35 +221,20 @@ class OptimizedRows:
             if self.hessian is not None:
                 hessian = self.hessian.astype(np.float32)
                 factor = self.factors.get(self.hessian, self.damp)
-                quantize = lambda part: self._gptq(part, hessian, factor)  # noqa: E731
-            else:
-                quantize = lambda part: (refine.quantize_weighted(self.qtype, part, self.imatrix), 0)  # noqa: E731
 
-            def work(piece: tuple[int, int]) -> int:
-                a, b = piece
-                out[a:b], kept = quantize(rows[a:b])
-                return kept
+                def work(piece: tuple[int, int]) -> None:
+                    out[piece[0]:piece[1]] = quantize_gptq(self.qtype, rows[piece[0]:piece[1]], hessian, factor=factor)
+            else:
+                def work(piece: tuple[int, int]) -> None:
+                    out[piece[0]:piece[1]] = refine.quantize_weighted(self.qtype, rows[piece[0]:piece[1]], self.imatrix)
 
             if self.threads > 1 and len(pieces) > 1:
                 with ThreadPoolExecutor(min(self.threads, len(pieces))) as pool:
-                    self.rows_kept += sum(pool.map(work, pieces))
+                    list(pool.map(work, pieces))
             else:
-                self.rows_kept += sum(map(work, pieces))
+                for piece in pieces:
+                    work(piece)
         return out
-
-    def _gptq(self, rows: np.ndarray, hessian: np.ndarray, factor: np.ndarray) -> tuple[np.ndarray, int]:
-        ours = quantize_gptq(self.qtype, rows, hessian, factor=factor)
-        if self.imatrix is None:
-            return ours, 0
-        theirs = kernels.quantize_rows(self.qtype, rows, imatrix=self.imatrix)
-        errors = [_row_errors(rows, kernels.dequantize_rows(self.qtype, b, rows.shape[1]), hessian) for b in (ours, theirs)]
-        keep = errors[1] < errors[0]
-        return np.where(keep[:, None], theirs, ours), int(keep.sum())
-
-
-def _row_errors(rows: np.ndarray, approx: np.ndarray, hessian: np.ndarray) -> np.ndarray:
-    diff = rows - approx
-    return np.einsum("ij,ij->i", diff @ hessian, diff, dtype=np.float64)
 
 
 def _to_f32(raw: np.ndarray, stored: T, n_per_row: int) -> np.ndarray:

@@ -27,6 +27,7 @@ from quantize_cli.calibration.blocks import SPECS, Fields
 T = GGMLQuantizationType
 ROUNDS = 3
 K_TYPES = (T.Q4_K, T.Q5_K)
+SCANNED = (T.Q4_0, T.Q5_0, T.Q8_0)  # one scale per block, no min: `_scale_scan` first
 
 
 class _Blocks:
@@ -142,27 +143,57 @@ def _float_candidates(b: _Blocks, q: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return np.stack([b.d] + [p[0] for p in pairs]), np.stack([b.dmin] + [p[1] for p in pairs])
 
 
+def _scale_scan(b: _Blocks) -> np.ndarray:
+    """Block scales (c, n) for symmetric 32-blocks: the value of largest magnitude on either end
+    level, stretched by up to 20% in 64 steps (llama.cpp's make_qx_quants tries 19), as fp16."""
+    x = b.x.reshape(len(b.x), -1)
+    signed_max = np.take_along_axis(x, np.abs(x).argmax(axis=1)[:, None], axis=1)[:, 0]
+    low = (1 if b.qtype == T.Q8_0 else 0) - b.spec.zero
+    ends = [np.float32(low), np.float32(b.spec.nmax - b.spec.zero)]
+    stretch = np.linspace(0.8, 1.05, 32, dtype=np.float32)
+    cands = [signed_max[None, :] / (end * stretch[:, None]) for end in ends]
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.concatenate(cands).astype(np.float16)
+    out[~np.isfinite(out)] = 0
+    return out
+
+
 def _pick(values: np.ndarray, best: np.ndarray) -> np.ndarray:
-    """values (c, *shape) at the candidate index best (shape) of each position."""
-    return np.take_along_axis(values, best[None], axis=0)[0]
+    """values (c, *best.shape, *rest) at candidate best[i] for each position i: (*best.shape, *rest)."""
+    return values[(best, *np.indices(best.shape, sparse=True))]
 
 
 def quantize_weighted(qtype: T, rows: np.ndarray, importance: np.ndarray, *, rounds: int = ROUNDS) -> np.ndarray:
     """Quantize float32 rows (n_rows, n_per_row) to `qtype` blocks, uint8 (n_rows, row_bytes),
     minimizing sum_j importance[j] * (w_j - wq_j)^2 per row; never worse on that error than
     `kernels.quantize_rows(qtype, rows, imatrix=importance)`, where it starts."""
+    levels, fields = search(qtype, rows, importance, rounds=rounds)
+    return blocks.pack(qtype, levels, fields)
+
+
+def search(qtype: T, rows: np.ndarray, importance: np.ndarray, *, rounds: int = ROUNDS,
+           start: np.ndarray | None = None) -> tuple[np.ndarray, Fields]:
+    """The levels (uint8 (n_rows, n_per_row)) and fields of `quantize_weighted`, starting from the
+    blocks `start` (default: llama.cpp's importance-matrix blocks)."""
     qtype = T(qtype)
     spec = SPECS[qtype]
     n_rows, n = rows.shape
-    start = kernels.quantize_rows(qtype, rows, imatrix=importance)
+    if start is None:
+        start = kernels.quantize_rows(qtype, rows, imatrix=importance)
     b = _Blocks(qtype, rows, importance.astype(np.float32), blocks.unpack(qtype, start)[1])
 
     def current() -> tuple:
         return (b.d[None], None if b.dmin is None else b.dmin[None],
                 None if b.sc is None else b.sc[None], None if b.mn is None else b.mn[None])
 
-    err, q = b.score(*current())
-    err, q = err[0], q[0]
+    if qtype in SCANNED:  # one scale per block: scan it before refining
+        ds = np.concatenate([b.d[None], _scale_scan(b)])
+        e, qs = b.score(ds, None, None, None)
+        best = np.argmin(e.sum(-1), axis=0)
+        b.d, err, q = _pick(ds, best), _pick(e, best), _pick(qs, best)
+    else:
+        err, q = b.score(*current())
+        err, q = err[0], q[0]
     for _ in range(rounds):
         before = err.sum()
         if b.sc is not None:  # each sub-block takes its best integers (the current ones first)
@@ -178,8 +209,7 @@ def quantize_weighted(qtype: T, rows: np.ndarray, importance: np.ndarray, *, rou
         best = np.argmin(e.sum(-1), axis=0)
         b.d = _pick(ds, best)
         b.dmin = None if others is None else _pick(others, best)
-        err = np.take_along_axis(e, best[None, :, None], axis=0)[0]
-        q = np.take_along_axis(qs, best[None, :, None, None], axis=0)[0]
+        err, q = _pick(e, best), _pick(qs, best)
         if not err.sum() < before * (1 - 1e-6):
             break
-    return blocks.pack(qtype, q.reshape(n_rows, n).astype(np.uint8), b.fields((n_rows, n // spec.block)))
+    return q.reshape(n_rows, n).astype(np.uint8), b.fields((n_rows, n // spec.block))
