@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 import gguf
-from measure import measure, print_table, qconvert_cmd
 
+from measure import measure, print_table, qconvert_cmd
 from tests.support import fixtures, llamacpp
 
 

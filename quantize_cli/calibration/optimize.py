@@ -36,7 +36,7 @@ T = GGMLQuantizationType
 OPTIMIZABLE = frozenset(SPECS)
 DAMP = 0.01    # fraction of mean(diag(H)) added to the diagonal before inverting (GPTQ's percdamp)
 BATCH = 256    # columns updated eagerly; the rest of the matrix gets one product per batch
-ROWS_PER_TASK = 1024  # rows per worker task (a fixed split: the bytes do not depend on --threads)
+ROWS_PER_TASK = 4096  # rows per worker task (a fixed split: the bytes do not depend on --threads)
 
 
 def weighted_error(weight: np.ndarray, approx: np.ndarray, hessian: np.ndarray) -> float:
