@@ -63,6 +63,8 @@ def convert_cmd(
     pure: bool = typer.Option(False, "--pure", help="Every quantizable tensor gets the default type of --type."),
     leave_output_tensor: bool = typer.Option(False, "--leave-output-tensor", help="Keep output.weight unquantized."),
     imatrix: Optional[str] = typer.Option(None, "--imatrix", help="llama.cpp importance matrix (.gguf or legacy .dat)."),
+    optimize: bool = typer.Option(False, "--optimize", help="With --imatrix: search k-quant blocks against "
+                                  "importance-weighted error (standard blocks; not llama.cpp's bytes)."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit)."),
     json_out: bool = JsonOpt,
 ) -> None:
@@ -90,6 +92,13 @@ def convert_cmd(
     else:
         plan = plan_from_hf(resolved.path, ftype, overrides=None if overrides == Overrides() else overrides,
                             imatrix=weights, name=resolved.repo_id)
+    if optimize:
+        from quantize_cli.calibration.optimize import optimize_plan
+        from quantize_cli.errors import OptionError
+
+        if weights is None:
+            raise OptionError("--optimize needs --imatrix (the importance of each input column)")
+        plan, _ = optimize_plan(plan, None, threads=threads)
     out = outfile if outfile is not None else Path.cwd() / plan.default_name
     if out.is_dir():
         out = out / plan.default_name

@@ -266,3 +266,8 @@ def test_imatrix_nonfinite(model: Path, tmp_path: Path, outdir: Path) -> None:
                     + values.tobytes())
     assert_user_error(qconvert(str(model), "--type", "q4_k_m", "--imatrix", str(dat), "-o", str(outdir / "m.gguf")),
                       outdir, "blk.0.ffn_down.weight", "non-finite")
+
+
+def test_optimize_needs_imatrix(model: Path, outdir: Path) -> None:
+    assert_user_error(qconvert(str(model), "--type", "q4_k_m", "--optimize", "-o", str(outdir / "m.gguf")), outdir,
+                      "--optimize needs --imatrix")
