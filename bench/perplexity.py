@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 
 from measure import measure, print_table, qconvert_cmd
-
 from tests.support import fixtures, llamacpp
 
 

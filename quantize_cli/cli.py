@@ -63,8 +63,16 @@ def convert_cmd(
     pure: bool = typer.Option(False, "--pure", help="Every quantizable tensor gets the default type of --type."),
     leave_output_tensor: bool = typer.Option(False, "--leave-output-tensor", help="Keep output.weight unquantized."),
     imatrix: Optional[str] = typer.Option(None, "--imatrix", help="llama.cpp importance matrix (.gguf or legacy .dat)."),
-    optimize: bool = typer.Option(False, "--optimize", help="With --imatrix: search k-quant blocks against "
-                                  "importance-weighted error (standard blocks; not llama.cpp's bytes)."),
+    calibrate: Optional[Path] = typer.Option(None, "--calibrate", help="UTF-8 text: collect an importance matrix "
+                                             "on it (as llama-imatrix does) and quantize with it, in one step."),
+    save_imatrix: Optional[Path] = typer.Option(None, "--save-imatrix", help="With --calibrate: keep the importance "
+                                                "matrix in this file (.gguf, or .dat for the legacy format)."),
+    ctx: int = typer.Option(512, "--ctx", "-c", min=1, help="With --calibrate: tokens per chunk."),
+    chunks: Optional[int] = typer.Option(None, "--chunks", min=1, help="With --calibrate: use at most N chunks "
+                                         "[default: all]."),
+    optimize: bool = typer.Option(False, "--optimize", help="With --imatrix: search k-quant blocks against importance-"
+                                  "weighted error; with --calibrate: GPTQ error feedback inside the k-quant grids. "
+                                  "Standard blocks llama.cpp runs, not llama.cpp's bytes."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit)."),
     json_out: bool = JsonOpt,
 ) -> None:
@@ -84,24 +92,42 @@ def convert_cmd(
         pure=pure,
         leave_output_tensor=leave_output_tensor,
     )
+    _check_calibration_options(ftype, imatrix=imatrix, calibrate=calibrate, save_imatrix=save_imatrix, ctx=ctx,
+                               chunks=chunks, optimize=optimize, force=force)
     resolved = resolve_model(model, revision=revision)
     weights = load_imatrix(imatrix) if imatrix else None
-    if resolved.kind == "gguf":
-        plan = plan_from_gguf(resolved.path, ftype, overrides=overrides, imatrix=weights,
-                              allow_requantize=allow_requantize)
-    else:
-        plan = plan_from_hf(resolved.path, ftype, overrides=None if overrides == Overrides() else overrides,
-                            imatrix=weights, name=resolved.repo_id)
-    if optimize:
-        from quantize_cli.calibration.optimize import optimize_plan
-        from quantize_cli.errors import OptionError
 
-        if weights is None:
-            raise OptionError("--optimize needs --imatrix (the importance of each input column)")
-        plan, _ = optimize_plan(plan, None, threads=threads)
+    def make_plan(weights):
+        if resolved.kind == "gguf":
+            return plan_from_gguf(resolved.path, ftype, overrides=overrides, imatrix=weights,
+                                  allow_requantize=allow_requantize)
+        return plan_from_hf(resolved.path, ftype, overrides=None if overrides == Overrides() else overrides,
+                            imatrix=weights, name=resolved.repo_id)
+
+    plan = make_plan(weights)  # with --calibrate: checks the model before the long calibration run
     out = outfile if outfile is not None else Path.cwd() / plan.default_name
     if out.is_dir():
         out = out / plan.default_name
+    if not dry_run and out.exists() and not force:
+        raise OutputError(f"{out}: output file exists", hint="pass --force to overwrite it, or choose --outfile")
+    if save_imatrix is not None and save_imatrix.resolve() == out.resolve():
+        raise OutputError(f"--save-imatrix {save_imatrix} is the output file")
+
+    report: dict = {}
+    if calibrate is not None and not dry_run:
+        from quantize_cli.cli_calibrate import calibrate_for_convert
+
+        weights, stats, report = calibrate_for_convert(resolved.path, calibrate, ctx=ctx, chunks=chunks,
+                                                       hessians=optimize, save_imatrix=save_imatrix, threads=threads,
+                                                       workdir=out.parent)
+        plan = make_plan(weights)
+    elif calibrate is not None:
+        ui.info(f"dry run: the importance matrix over {calibrate} is not collected")
+    if optimize and not dry_run:
+        from quantize_cli.calibration.optimize import optimize_plan
+
+        plan, methods = optimize_plan(plan, stats if calibrate is not None else None, threads=threads)
+        report["optimized"] = dict(sorted(Counter(methods.values()).items()))
     type_counts = Counter(t.qtype.name for t in plan.tensors)
     bpw = _bits_per_weight(plan.nbytes, plan.n_params)
 
@@ -116,8 +142,6 @@ def convert_cmd(
                             for t in plan.tensors],
             })
         return
-    if out.exists() and not force:
-        raise OutputError(f"{out}: output file exists", hint="pass --force to overwrite it, or choose --outfile")
 
     ui.info(f"[bold]{resolved.path}[/] -> [bold]{out}[/] ({ftype.label}, {len(plan.tensors)} tensors, "
             f"{ui.human_bytes(plan.nbytes)})")
@@ -132,8 +156,36 @@ def convert_cmd(
             "input": str(resolved.path), "output": str(out), "type": ftype.label, "sha256": result.sha256,
             "size": result.size, "n_params": plan.n_params, "bits_per_weight": round(bpw, 4),
             "tensor_types": dict(sorted(type_counts.items())), "seconds": round(result.seconds, 3),
-            "peak_rss_mb": round(result.peak_rss_mb, 1), "threads": threads,
+            "peak_rss_mb": round(result.peak_rss_mb, 1), "threads": threads, **report,
         })
+
+
+def _check_calibration_options(ftype, *, imatrix: str | None, calibrate: Path | None, save_imatrix: Path | None,
+                               ctx: int, chunks: int | None, optimize: bool, force: bool) -> None:
+    """The option combinations --imatrix, --calibrate and --optimize allow, checked before any work."""
+    from quantize_cli.errors import OptionError
+    from quantize_cli.qtypes import FLOAT_TYPES
+
+    if imatrix is not None and calibrate is not None:
+        raise OptionError("--imatrix and --calibrate both give the importance matrix; pass one of them")
+    if calibrate is None:
+        for name, given in (("--save-imatrix", save_imatrix is not None), ("--ctx", ctx != 512),
+                            ("--chunks", chunks is not None)):
+            if given:
+                raise OptionError(f"{name} is a calibration option; it needs --calibrate TEXT")
+    if optimize and imatrix is None and calibrate is None:
+        raise OptionError("--optimize needs --imatrix or --calibrate (the importance of each input column)")
+    if calibrate is not None:
+        if ftype.default in FLOAT_TYPES:
+            raise OptionError(f"--calibrate needs a quantized --type, not {ftype.name}",
+                              hint="f32/f16/bf16 conversions keep every tensor's values as they are")
+        if not calibrate.is_file():
+            raise OptionError(f"--calibrate {calibrate}: no such file")
+    if save_imatrix is not None:
+        if save_imatrix.exists() and not force:
+            raise OutputError(f"{save_imatrix}: importance matrix file exists", hint="pass --force to overwrite it")
+        if not save_imatrix.parent.is_dir():
+            raise OutputError(f"{save_imatrix.parent}: output directory does not exist")
 
 
 def _type_rows(plan) -> list[list[str]]:

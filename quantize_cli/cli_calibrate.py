@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import typer
 
 from quantize_cli import ui
 from quantize_cli.cli import JsonOpt, ThreadsOpt, app, handles_errors
 from quantize_cli.errors import OptionError, OutputError
-
-if TYPE_CHECKING:
-    from quantize_cli.calibration.collect import ChunkProgress
 
 
 @app.command("imatrix")
@@ -43,10 +38,13 @@ def imatrix_cmd(
         raise OptionError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     if outfile.exists() and not force:
         raise OutputError(f"{outfile}: output file exists", hint="pass --force to overwrite it, or choose --outfile")
+    if not outfile.parent.is_dir():
+        raise OutputError(f"{outfile.parent}: output directory does not exist")
     if text is None and not in_files:
         raise OptionError("give --text to collect statistics, or --in-file files to merge")
-    if text is not None and model is None:
-        raise OptionError("--text needs a MODEL to run")
+    if (text is None) != (model is None):
+        raise OptionError("--text needs a MODEL to run" if model is None else
+                          f"MODEL {model} is only run with --text; merging --in-file files needs no model")
     if outfile.resolve() in {p.resolve() for p in (*in_files, *((text,) if text else ()))}:
         raise OptionError(f"--outfile {outfile} would overwrite an input")
 
@@ -73,7 +71,7 @@ def _collect(model_arg: str, text: Path, *, ctx: int, chunks: int | None, stats,
 
     resolved = resolve_model(model_arg, revision=revision)
     ui.info(f"[bold]{resolved.path}[/]: importance matrix over {text}, context {ctx}, {threads} threads")
-    with _progress() as on_chunk:
+    with ui.chunk_progress() as on_chunk:
         result = calibrate(resolved.path, text, n_ctx=ctx, n_chunk=chunks, process_output=process_output,
                            previous=stats, threads=threads, workdir=outdir, on_chunk=on_chunk, on_status=ui.info)
     ui.info(f"{result.n_chunk} chunks, {result.n_chunk * ctx} tokens in {result.seconds:.1f} s "
@@ -81,21 +79,32 @@ def _collect(model_arg: str, text: Path, *, ctx: int, chunks: int | None, stats,
     return result.stats, result.n_chunk * ctx
 
 
-@contextmanager
-def _progress() -> Iterator[Callable[[ChunkProgress], None]]:
-    """A chunk bar with tokens/s and ETA on a terminal; nothing otherwise (stderr is a log)."""
-    if not ui.err.is_terminal:
-        yield lambda p: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def calibrate_for_convert(model_path: Path, text: Path, *, ctx: int, chunks: int | None, hessians: bool,
+                          save_imatrix: Path | None, threads: int, workdir: Path):
+    """`qconvert MODEL --calibrate TEXT`: the statistics of the model on the text, as the importance
+    matrix the planner takes; the same one `qconvert imatrix` then `--imatrix FILE` would give (when
+    saved, the file is read back, exactly as --imatrix reads it). hessians: also collect H = X^T X
+    for --optimize (inputs up to MAX_HESSIAN_INPUTS wide). Returns (imatrix, stats, JSON report)."""
+    from quantize_cli.calibration.collect import calibrate as run_calibration
+    from quantize_cli.calibration.collect import hessians_up_to
+    from quantize_cli.calibration.imatrix_writer import write_imatrix
+    from quantize_cli.formats.imatrix import load_imatrix
 
-    columns = (TextColumn("[bold]chunks"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[speed]}"),
-               TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"))
-    with Progress(*columns, console=ui.err, transient=False) as bar:
-        task = bar.add_task("chunks", total=None, speed="", eta="?")
-
-        def update(p: ChunkProgress) -> None:
-            eta = int(p.eta_seconds)
-            bar.update(task, total=p.n_chunk, completed=p.index, speed=f"{p.tokens_per_second:.0f} tok/s",
-                       eta=f"{eta // 60}:{eta % 60:02d}")
-        yield update
+    ui.info(f"[bold]{model_path}[/]: calibrating on {text}, context {ctx}, {threads} threads"
+            + (", with second moments for --optimize" if hessians else ""))
+    with ui.chunk_progress() as on_chunk:
+        result = run_calibration(model_path, text, n_ctx=ctx, n_chunk=chunks,
+                                 hessians=hessians_up_to() if hessians else False, threads=threads,
+                                 workdir=workdir, on_chunk=on_chunk, on_status=ui.info)
+    n_tokens = result.n_chunk * ctx
+    ui.info(f"{result.n_chunk} chunks, {n_tokens} tokens in {result.seconds:.1f} s "
+            f"({n_tokens / max(result.seconds, 1e-9):.0f} tokens/s)")
+    report = {"calibration": {"text": str(text), "ctx": ctx, "chunks": result.n_chunk, "tokens": n_tokens,
+                              "seconds": round(result.seconds, 3)}}
+    if save_imatrix is None:
+        return result.stats.importance_matrix(str(text)), result.stats, report
+    fmt = "dat" if save_imatrix.suffix.lower() == ".dat" else "gguf"
+    write_imatrix(result.stats, save_imatrix, fmt=fmt)
+    ui.info(f"wrote {save_imatrix} ({fmt}): {len(result.stats.sums)} entries")
+    report["calibration"]["imatrix"] = str(save_imatrix)
+    return load_imatrix(str(save_imatrix)), result.stats, report

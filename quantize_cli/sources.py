@@ -9,8 +9,8 @@ read on demand, so a plan for a 70B model costs nothing until it is written.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
+    MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeElapsedColumn,
@@ -74,3 +75,21 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+@contextmanager
+def chunk_progress() -> Iterator[Callable[[Any], None]]:
+    """A chunk bar with tokens/s and ETA on a terminal; nothing otherwise (stderr is a log)."""
+    if not err.is_terminal:
+        yield lambda p: None
+        return
+    columns = (TextColumn("[bold]chunks"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[speed]}"),
+               TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"))
+    with Progress(*columns, console=err, transient=False) as bar:
+        task = bar.add_task("chunks", total=None, speed="", eta="?")
+
+        def update(p) -> None:  # p: calibration.collect.ChunkProgress
+            eta = int(p.eta_seconds)
+            bar.update(task, total=p.n_chunk, completed=p.index, speed=f"{p.tokens_per_second:.0f} tok/s",
+                       eta=f"{eta // 60}:{eta % 60:02d}")
+        yield update

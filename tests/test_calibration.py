@@ -218,12 +218,17 @@ def test_imatrix_files_read_back_by_the_loader(smol_stats: ActivationStats, tmp_
     gguf_path, dat_path = tmp_path / "x.imatrix.gguf", tmp_path / "x.dat"
     write_imatrix(smol_stats, gguf_path)
     write_imatrix(smol_stats, dat_path, fmt="dat")
+    direct = smol_stats.importance_matrix(str(gguf_path))  # what --calibrate hands the planner
     for path in (gguf_path, dat_path):
         loaded = load_imatrix(str(path))
-        assert loaded.chunk_count == 4 and loaded.datasets == smol_stats.datasets
-        assert set(loaded.entries) == set(smol_stats.sums)
+        assert loaded.chunk_count == 4 and loaded.datasets == smol_stats.datasets == direct.datasets
+        assert set(loaded.entries) == set(smol_stats.sums) == set(direct.entries)
         for name in ("blk.0.attn_k.weight", "blk.29.ffn_down.weight"):
-            np.testing.assert_allclose(loaded.entries[name], smol_stats.importance(name), rtol=1e-6)
+            if path == gguf_path:  # the file round trip gives the very same floats
+                np.testing.assert_array_equal(loaded.entries[name], direct.entries[name])
+            else:  # (sum / count) * ncall / ncall: within an ulp
+                np.testing.assert_allclose(loaded.entries[name], direct.entries[name], rtol=1e-6)
+    assert direct.kvs() == load_imatrix(str(gguf_path)).kvs()
     raw, datasets = read_stats(gguf_path, chunk_size=256)
     np.testing.assert_array_equal(raw["blk.3.ffn_down.weight"][0], smol_stats.sums["blk.3.ffn_down.weight"])
     merged = merge_files([gguf_path, gguf_path], chunk_size=256)

@@ -13,12 +13,12 @@ import gguf
 import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-from support import kernel_vectors as kv
-from support import llamacpp
 
 from quantize_cli import kernels
 from quantize_cli.errors import UnsupportedError
 from quantize_cli.kernels import dequantize_rows, quantize_rows, widen_to_f32
+from support import kernel_vectors as kv
+from support import llamacpp
 
 T = GGMLQuantizationType
 QUANTIZED = (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K)

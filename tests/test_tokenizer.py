@@ -22,7 +22,6 @@ import gguf
 import pytest
 import sentencepiece as spm
 from gguf import GGUFValueType, TokenType
-from support import fixtures, llamacpp
 
 from quantize_cli.errors import InputError, UnsupportedError
 from quantize_cli.formats.tokenizer import (
@@ -35,6 +34,7 @@ from quantize_cli.formats.tokenizer_export import (
     tokenizer_meta_from_reader,
     write_hf_tokenizer,
 )
+from support import fixtures, llamacpp
 
 HF_ARCH = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 # The vocabulary GGUFs of llama.cpp's models/ that qconvert handles, and the architecture to read them

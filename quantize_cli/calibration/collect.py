@@ -8,8 +8,10 @@ input has at least 16 rows adds, per input column j, the squares x[:, j]^2 of it
 float32 sum, one row after the other in token order, and the row count to its count. Weights that
 read the same input (attn_q/k/v, ffn_gate/up) get identical statistics.
 
-With `hessians=True` it also sums the full second-moment matrix H = X^T X of each input (n_in x
-n_in, float32; one matrix per input, shared by the weights reading it) for the optimizing quantizer.
+With `hessians` it also sums the full second-moment matrix H = X^T X of each input (n_in x n_in,
+float32; one matrix per input, shared by the weights reading it) for the optimizing quantizer.
+That costs n_in^2 * 4 bytes per input and layer, kept until the statistics are dropped: SmolLM2-135M
+400 MB, Qwen2.5-1.5B 790 MB without its 8960-wide ffn_down inputs (`hessians_up_to`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,13 @@ MIN_ROWS = 16  # llama-imatrix ignores matrix multiplications of smaller batches
 
 # Which inputs get a full H: all (True), none (False), or those where f(first weight name, n_in).
 HessianChoice = bool | Callable[[str, int], bool]
+MAX_HESSIAN_INPUTS = 4096  # wider inputs (an 8960-wide ffn_down: 320 MB per layer) get no H
+
+
+def hessians_up_to(max_inputs: int = MAX_HESSIAN_INPUTS) -> Callable[[str, int], bool]:
+    """A HessianChoice: H for the inputs of at most `max_inputs` columns. The optimizer gives the
+    weights of the other inputs the importance-weighted search instead of GPTQ."""
+    return lambda name, n_in: n_in <= max_inputs
 
 
 @dataclass
