@@ -5,8 +5,14 @@ chunks' worth of tokens are required, as llama-imatrix requires), each chunk run
 cache with its first token replaced by BOS when the vocabulary adds BOS, and every matrix
 multiplication whose weight is named `blk.*` (and `output.weight` with process_output) and whose
 input has at least 16 rows adds, per input column j, the squares x[:, j]^2 of its input rows to a
-float32 sum, one row after the other in token order, and the row count to its count. Weights that
-read the same input (attn_q/k/v, ffn_gate/up) get identical statistics.
+float32 sum, one row after the other, and the row count to its count. Weights that read the same
+input (attn_q/k/v, ffn_gate/up) get identical statistics.
+
+The rows arrive in the order of llama-imatrix's default batching, which float sums depend on:
+decode batches of n_batch = 2048 tokens hold max(1, 2048 // n_ctx) chunks, one sequence each,
+and llama.cpp splits each batch into micro-batches of n_ubatch = 512 rows holding the same number
+of consecutive tokens of every sequence (`split_equal`): with n_ctx 512, tokens 0-127 of four
+chunks, then tokens 128-255, and so on. A micro-batch of fewer than 16 rows is not counted.
 
 With `hessians` it also sums the full second-moment matrix H = X^T X of each input (n_in x n_in,
 float32; one matrix per input, shared by the weights reading it) for the optimizing quantizer.
@@ -33,6 +39,7 @@ from quantize_cli.runtime import ops
 from quantize_cli.runtime.model import Model, RunState, forward
 
 MIN_ROWS = 16  # llama-imatrix ignores matrix multiplications of smaller batches
+N_BATCH, N_UBATCH = 2048, 512  # llama.cpp's default decode and micro-batch sizes
 
 # Which inputs get a full H: all (True), none (False), or those where f(first weight name, n_in).
 HessianChoice = bool | Callable[[str, int], bool]
@@ -106,15 +113,17 @@ class Collector:
         self.process_output = process_output
         self.hessians = hessians
         self.location = ""  # "chunk N" for error messages
+        self.batch_rows = 0  # rows of the current micro-batch, of which observe() may see a slice
         self._accumulators: dict[tuple[str, ...], _Accumulator] = {}
 
     def wants(self, name: str) -> bool:
         return name.startswith("blk.") or (self.process_output and name == "output.weight")
 
     def observe(self, x: np.ndarray, names: tuple[str, ...]) -> None:
-        """x (n_rows, n_in) float32 is the input of the weights `names` (one matmul call)."""
+        """x (n_rows, n_in) float32 is the input of the weights `names` (one matmul call, or one
+        sequence's slice of a micro-batch of `batch_rows` rows)."""
         names = tuple(n for n in names if self.wants(n))
-        if not names or x.shape[0] < MIN_ROWS:
+        if not names or max(x.shape[0], self.batch_rows) < MIN_ROWS:
             return
         acc = self._accumulators.get(names)
         if acc is None:
@@ -236,21 +245,43 @@ def collect(
     if dataset is not None:
         stats.datasets.append(dataset)
     collector = Collector(stats, process_output=process_output, hessians=hessians)
-    state = RunState(model.config, n_ctx=n_ctx, n_batch=n_ctx, n_logits=n_ctx if process_output else 0)
+    n_seq = max(1, N_BATCH // n_ctx)
+    rows = min(N_UBATCH, n_ctx)  # the most tokens of one sequence in a micro-batch
+    state = RunState(model.config, n_ctx=n_ctx, n_batch=rows, n_logits=rows if process_output else 0)
+    caches = [(np.zeros_like(state.key_cache), np.zeros_like(state.value_cache)) for _ in range(min(n_seq, n_chunk))]
     seconds = 0.0
     with observing(collector):
-        for c in range(n_chunk):
+        for first in range(0, n_chunk, n_seq):
             t0 = time.perf_counter()
-            chunk = np.array(tokens[c * n_ctx:(c + 1) * n_ctx])
+            group = range(first, min(first + n_seq, n_chunk))
+            chunks = [np.array(tokens[c * n_ctx:(c + 1) * n_ctx]) for c in group]
             if bos_id is not None:
-                chunk[0] = bos_id
-            collector.location = f"chunk {c + 1} of {source}"
-            # llama-imatrix asks for every token's logits, so the lm head sees every row
-            forward(model, state, chunk, 0, logits_from=0 if process_output else n_ctx, threads=threads)
+                for chunk in chunks:
+                    chunk[0] = bos_id
+            for start, stop in _micro_batches(n_ctx, len(chunks)):
+                collector.batch_rows = (stop - start) * len(chunks)
+                for c, chunk, (keys, values) in zip(group, chunks, caches):
+                    collector.location = f"chunk {c + 1} of {source}"
+                    state.key_cache, state.value_cache = keys, values  # one KV cache per sequence
+                    # llama-imatrix asks for every token's logits, so the lm head sees every row
+                    forward(model, state, chunk[start:stop], start, logits_from=0 if process_output else stop - start,
+                            threads=threads)
             seconds += time.perf_counter() - t0
             if on_chunk is not None:
-                on_chunk(ChunkProgress(c + 1, n_chunk, (c + 1) * n_ctx, seconds))
+                done = group[-1] + 1
+                on_chunk(ChunkProgress(done, n_chunk, done * n_ctx, seconds))
     return collector.finish()
+
+
+def _micro_batches(n_ctx: int, n_seqs: int) -> Iterator[tuple[int, int]]:
+    """The token ranges [start, stop) of each sequence that llama.cpp's micro-batches hold, in order,
+    when `n_seqs` chunks of n_ctx tokens are decoded together (n_ctx > N_BATCH: one chunk, several
+    decode batches, each split in micro-batches of N_UBATCH)."""
+    per_seq = max(1, N_UBATCH // n_seqs)
+    for batch_start in range(0, n_ctx, N_BATCH):
+        batch_stop = min(n_ctx, batch_start + N_BATCH)
+        for start in range(batch_start, batch_stop, per_seq):
+            yield start, min(batch_stop, start + per_seq)
 
 
 def lossless_gguf(model_dir: Path, out: Path, *, threads: int = 1) -> Path:
