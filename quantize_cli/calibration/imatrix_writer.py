@@ -9,17 +9,16 @@ ggml_n_dims dimensions (a dense entry is 1-D). Legacy .dat: see `_legacy_bytes`.
 
 from __future__ import annotations
 
-import math
 import struct
 from pathlib import Path
 
-import gguf
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType
 
 from quantize_cli.calibration.collect import ActivationStats
 from quantize_cli.errors import InputError, OutputError
 from quantize_cli.formats.gguf_writer import GGUFStreamWriter, TensorInfo
+from quantize_cli.formats.imatrix import lround, read_imatrix_file
 from quantize_cli.formats.kv import KV, kv_array, kv_str, kv_u32
 
 FORMATS = ("gguf", "dat")
@@ -106,89 +105,19 @@ def _write_bytes(path: Path, data: bytes) -> None:
 # --------------------------------------------------------------------------- merging (--in-file)
 
 
-def _lround(x: float) -> int:
-    return int(math.floor(abs(x) + 0.5)) * (1 if x >= 0 else -1)
-
-
 def read_stats(path: Path, *, chunk_size: int) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
     """The raw (sums float32, counts int64) per weight of an imatrix file, and its datasets.
 
     As llama-imatrix loads an --in-file: GGUF sums and lround(counts) as stored; a legacy entry
     holds mean * ncall, so its sums become value * chunk_size and its count ncall * chunk_size."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: imatrix file not found")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic == b"GGUF":
-        return _read_gguf(path)
-    return _read_legacy(path, chunk_size)
-
-
-def _read_gguf(path: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
-    try:
-        reader = gguf.GGUFReader(path, "r")
-    except (ValueError, OSError, IndexError, KeyError) as e:
-        raise InputError(f"{path}: not a readable GGUF imatrix: {e}") from e
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, np.ndarray] = {}
-    for t in reader.tensors:
-        if t.tensor_type != GGMLQuantizationType.F32:
-            raise InputError(f"{path}: imatrix tensor {t.name!r} must be F32, not {t.tensor_type.name}")
-        data = np.array(t.data, dtype=np.float32).reshape(-1)
-        if t.name.endswith(".in_sum2"):
-            sums[t.name.removesuffix(".in_sum2")] = data
-        elif t.name.endswith(".counts"):
-            counts[t.name.removesuffix(".counts")] = np.array([_lround(float(c)) for c in data], np.int64)
+    raw = read_imatrix_file(Path(path))
     entries = {}
-    for name in sorted(set(sums) | set(counts)):
-        if name not in sums or name not in counts:
-            raise InputError(f"{path}: imatrix entry {name!r} has in_sum2 without counts or counts without in_sum2")
-        if counts[name].size == 0 or sums[name].size % counts[name].size:
-            raise InputError(f"{path}: imatrix entry {name!r}: {sums[name].size} sums do not split into "
-                             f"{counts[name].size} experts")
-        entries[name] = (sums[name], counts[name])
-    field = reader.fields.get("imatrix.datasets")
-    datasets = [str(d) for d in field.contents()] if field is not None else []
-    return entries, datasets
-
-
-def _read_legacy(path: Path, chunk_size: int) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
-    data = path.read_bytes()
-    pos = 0
-
-    def take(fmt: str) -> tuple:
-        nonlocal pos
-        size = struct.calcsize(fmt)
-        if pos + size > len(data):
-            raise InputError(f"{path}: legacy imatrix is truncated at byte {pos}")
-        out = struct.unpack_from(fmt, data, pos)
-        pos += size
-        return out
-
-    (n_entries,) = take("<i")
-    if n_entries < 1:
-        raise InputError(f"{path}: not an imatrix file (no GGUF magic, and {n_entries} legacy entries)")
-    entries = {}
-    for _ in range(n_entries):
-        (length,) = take("<i")
-        if length < 0 or pos + length > len(data):
-            raise InputError(f"{path}: legacy imatrix has a bad name length at byte {pos - 4}")
-        name = data[pos:pos + length].decode("utf-8", errors="replace")
-        pos += length
-        ncall, nval = take("<ii")
-        if nval < 1 or pos + 4 * nval > len(data):
-            raise InputError(f"{path}: legacy imatrix entry {name!r} has a bad value count {nval}")
-        values = np.frombuffer(data, dtype="<f4", count=nval, offset=pos).astype(np.float32)
-        pos += 4 * nval
-        entries[name] = (values * np.float32(chunk_size), np.array([ncall * chunk_size], np.int64))
-    datasets = []
-    if pos + 8 <= len(data):
-        take("<i")
-        (length,) = take("<i")
-        if 0 < length and pos + length <= len(data):
-            datasets.append(data[pos:pos + length].decode("utf-8", errors="replace"))
-    return entries, datasets
+    for name, (values, counts) in raw.entries.items():
+        if raw.fmt == "gguf":
+            entries[name] = (values, np.array([lround(float(c)) for c in counts], np.int64))
+        else:
+            entries[name] = (values * np.float32(chunk_size), np.array([int(counts[0]) * chunk_size], np.int64))
+    return entries, raw.datasets
 
 
 def merge_files(paths: list[Path], *, chunk_size: int) -> ActivationStats:

@@ -64,22 +64,54 @@ def _c_str_127(s: str) -> str:
     return raw.decode("utf-8", errors="ignore")
 
 
-def load_imatrix(path_arg: str) -> ImportanceMatrix:
-    path = Path(path_arg)
+@dataclass
+class ImatrixFile:
+    """An imatrix file's contents as stored, before llama-quantize or llama-imatrix interpret them.
+
+    GGUF: values are the raw in_sum2 sums, counts the stored float counts per expert.
+    Legacy: values are mean * ncall, counts is [ncall]."""
+
+    fmt: str  # "gguf" or "dat"
+    entries: dict[str, tuple[np.ndarray, np.ndarray]]  # weight name -> (values float32, counts float32)
+    datasets: list[str] = field(default_factory=list)
+    chunk_count: int = 0
+
+
+def read_imatrix_file(path: Path) -> ImatrixFile:
+    """Parse and validate either format (one-line InputError naming the file and entry)."""
+    path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: imatrix file not found")
     with open(path, "rb") as f:
         magic = f.read(4)
-    imatrix = _load_gguf(path, path_arg) if magic == b"GGUF" else _load_legacy(path, path_arg)
-    for name, values in imatrix.entries.items():
-        if not np.isfinite(values).all():
-            raise InputError(f"{path}: imatrix entry {name!r} contains non-finite values")
-    if not imatrix.entries:
+    raw = _read_gguf(path) if magic == b"GGUF" else _read_legacy(path)
+    if not raw.entries:
         raise InputError(f"{path}: imatrix has no entries")
-    return imatrix
+    return raw
 
 
-def _load_gguf(path: Path, path_arg: str) -> ImportanceMatrix:
+def load_imatrix(path_arg: str) -> ImportanceMatrix:
+    """The importance vectors llama-quantize derives from the file `path_arg`."""
+    path = Path(path_arg)
+    raw = read_imatrix_file(path)
+    entries = {}
+    for name, (values, counts) in raw.entries.items():
+        if raw.fmt == "gguf":
+            per = values.size // counts.size
+            out = np.empty_like(values)
+            for e, count in enumerate(counts):
+                n = float(np.float32(lround(float(count))))
+                out[e * per:(e + 1) * per] = (values[e * per:(e + 1) * per] / np.float32(n)) if n > 0 else 1.0
+        else:
+            ncall = int(counts[0])
+            out = values / np.float32(ncall) if ncall > 0 else values.copy()
+        if not np.isfinite(out).all():
+            raise InputError(f"{path}: imatrix entry {name!r} contains non-finite values")
+        entries[name] = out
+    return ImportanceMatrix(path_arg, entries, datasets=raw.datasets, chunk_count=raw.chunk_count)
+
+
+def _read_gguf(path: Path) -> ImatrixFile:
     reader = read_gguf(path)
     fields = reader.fields
     missing = [k for k in ("imatrix.datasets", "imatrix.chunk_count", "imatrix.chunk_size") if k not in fields]
@@ -91,9 +123,9 @@ def _load_gguf(path: Path, path_arg: str) -> ImportanceMatrix:
         if t.tensor_type != gguf.GGMLQuantizationType.F32:
             raise InputError(f"{path}: imatrix tensor {t.name!r} must be F32, not {t.tensor_type.name}")
         if t.name.endswith(".in_sum2"):
-            sums[t.name.removesuffix(".in_sum2")] = np.asarray(t.data, dtype=np.float32).reshape(-1)
+            sums[t.name.removesuffix(".in_sum2")] = np.array(t.data, dtype=np.float32).reshape(-1)
         elif t.name.endswith(".counts"):
-            counts[t.name.removesuffix(".counts")] = np.asarray(t.data, dtype=np.float32).reshape(-1)
+            counts[t.name.removesuffix(".counts")] = np.array(t.data, dtype=np.float32).reshape(-1)
     entries = {}
     for name in sorted(set(sums) | set(counts)):
         if name not in sums or name not in counts:
@@ -101,25 +133,17 @@ def _load_gguf(path: Path, path_arg: str) -> ImportanceMatrix:
         s, c = sums[name], counts[name]
         if c.size == 0 or s.size % c.size:
             raise InputError(f"{path}: imatrix entry {name!r}: {s.size} sums do not split into {c.size} experts")
-        per = s.size // c.size
-        values = np.empty_like(s)
-        for e, count in enumerate(c):
-            n = float(np.float32(_lround(float(count))))
-            values[e * per:(e + 1) * per] = (s[e * per:(e + 1) * per] / np.float32(n)) if n > 0 else 1.0
-        entries[name] = values
-    return ImportanceMatrix(
-        path_arg, entries,
-        datasets=[str(d) for d in fields["imatrix.datasets"].contents()],
-        chunk_count=int(fields["imatrix.chunk_count"].contents()),
-    )
+        entries[name] = (s, c)
+    return ImatrixFile("gguf", entries, datasets=[str(d) for d in fields["imatrix.datasets"].contents()],
+                       chunk_count=int(fields["imatrix.chunk_count"].contents()))
 
 
-def _lround(x: float) -> int:
+def lround(x: float) -> int:
     """C's lround: half away from zero."""
     return int(math.floor(abs(x) + 0.5)) * (1 if x >= 0 else -1)
 
 
-def _load_legacy(path: Path, path_arg: str) -> ImportanceMatrix:
+def _read_legacy(path: Path) -> ImatrixFile:
     data = path.read_bytes()
     pos = 0
 
@@ -135,7 +159,7 @@ def _load_legacy(path: Path, path_arg: str) -> ImportanceMatrix:
     (n_entries,) = take("<i")
     if n_entries < 1:
         raise InputError(f"{path}: not an imatrix file (no GGUF magic, and {n_entries} legacy entries)")
-    entries: dict[str, np.ndarray] = {}
+    entries: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for _ in range(n_entries):
         (length,) = take("<i")
         if length < 0 or pos + length > len(data):
@@ -147,12 +171,12 @@ def _load_legacy(path: Path, path_arg: str) -> ImportanceMatrix:
             raise InputError(f"{path}: legacy imatrix entry {name!r} has a bad value count {nval}")
         values = np.frombuffer(data, dtype="<f4", count=nval, offset=pos).astype(np.float32)
         pos += 4 * nval
-        entries[name] = values / np.float32(ncall) if ncall > 0 else values.copy()
+        entries[name] = (values, np.array([ncall], np.float32))
     chunk_count, datasets = 0, []
-    if pos + 4 <= len(data):
+    if pos + 4 <= len(data):  # optional trailer: chunk count, then the dataset name
         (chunk_count,) = take("<i")
         if pos + 4 <= len(data):
             (length,) = take("<i")
             if length > 0 and pos + length <= len(data):
                 datasets.append(data[pos:pos + length].decode("utf-8", errors="replace"))
-    return ImportanceMatrix(path_arg, entries, datasets=datasets, chunk_count=chunk_count)
+    return ImatrixFile("dat", entries, datasets=datasets, chunk_count=chunk_count)
