@@ -195,8 +195,11 @@ def test_disk_full(model: Path, outdir: Path) -> None:
 
 def test_ctrl_c_mid_write(tmp_path: Path, austen_tokenizer: Path, outdir: Path) -> None:
     big = tiny_llama(tmp_path / "big", tokenizer_model=austen_tokenizer, hidden=1024, ffn=2048, layers=4)
+    # A shell starts background jobs with SIGINT ignored, and Python then installs no KeyboardInterrupt
+    # handler; the child gets the default disposition back, as a terminal's foreground job has it.
     proc = subprocess.Popen([sys.executable, "-m", "quantize_cli", str(big), "--type", "q6_k", "--threads", "1",
-                             "-o", str(outdir / "m.gguf")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "-o", str(outdir / "m.gguf")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not any(p.name.endswith(".partial") for p in outdir.iterdir()):
         assert proc.poll() is None, "finished before it could be interrupted"
