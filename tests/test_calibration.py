@@ -129,6 +129,22 @@ def test_gptq_uses_correlations_and_is_independent_of_threads() -> None:
         assert ratio < 0.8, f"{qtype.name}: GPTQ/llama.cpp weighted error {ratio:.3f}"
 
 
+@pytest.mark.parametrize("qtype", [T.Q4_K, T.Q6_K, T.Q5_1], ids=lambda t: t.name)
+def test_act_order_keeps_blocks_and_sub_blocks_contiguous(qtype: T) -> None:
+    spec = blocks.SPECS[qtype]
+    importance = np.random.default_rng(3).gamma(0.5, size=4 * 256).astype(np.float32)
+    perm = optimize.grouped_act_order(spec, importance)
+    assert sorted(perm.tolist()) == list(range(importance.size))
+    for g in range(0, perm.size, spec.block):
+        assert len(set(perm[g:g + spec.block] // spec.block)) == 1
+        for s0 in range(g, g + spec.block, spec.sub):
+            sub = perm[s0:s0 + spec.sub]
+            assert len(set(sub // spec.sub)) == 1
+            assert (np.diff(importance[sub]) <= 0).all()  # most important column first
+    totals = [importance[perm[g:g + spec.block]].sum() for g in range(0, perm.size, spec.block)]
+    assert totals == sorted(totals, reverse=True)
+
+
 # --------------------------------------------------------------------------- real model
 
 
