@@ -128,6 +128,8 @@ def convert_cmd(
 
         plan, methods = optimize_plan(plan, stats if calibrate is not None else None, threads=threads)
         report["optimized"] = dict(sorted(Counter(methods.values()).items()))
+        ui.info("--optimize: " + ", ".join(f"{n} tensors by {'GPTQ' if m == 'gptq' else 'the weighted search'}"
+                                           for m, n in report["optimized"].items()))
     type_counts = Counter(t.qtype.name for t in plan.tensors)
     bpw = _bits_per_weight(plan.nbytes, plan.n_params)
 
