@@ -9,10 +9,8 @@ importance-matrix quantizer given diag(H) (its imatrix) on the same weights.
 from __future__ import annotations
 
 import json
-import os
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import gguf
@@ -26,24 +24,14 @@ from quantize_cli.calibration.collect import ActivationStats, Collector, calibra
 from quantize_cli.calibration.imatrix_writer import merge_files, read_stats, write_imatrix
 from quantize_cli.errors import NonFiniteError
 from quantize_cli.formats.imatrix import load_imatrix
+from support.cli import qconvert
+from support.cli import user_error as error_line
 from support.tiny_model import tiny_llama
 
 T = GGMLQuantizationType
 TYPES = sorted(blocks.SPECS)
 K_TYPES = (T.Q4_K, T.Q5_K, T.Q6_K)
 LAYERS = (3, 17)  # layers of SmolLM2 whose H the real-data tests collect
-
-
-def qconvert(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "quantize_cli", *args], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
-
-
-def error_line(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 1, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
 
 
 def student_rows(seed: int, shape: tuple[int, int] = (24, 512)) -> np.ndarray:

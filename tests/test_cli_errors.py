@@ -17,18 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from support.cli import error_line, qconvert
 from support.tiny_model import tiny_llama
-
-
-def qconvert(*args: str, cwd: Path | None = None, preexec_fn=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "quantize_cli", *args], capture_output=True, text=True,
-                          cwd=cwd, preexec_fn=preexec_fn, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-
-
-def error_line(proc: subprocess.CompletedProcess) -> str:
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
