@@ -110,6 +110,8 @@ def convert_cmd(
         out = out / plan.default_name
     if not dry_run and out.exists() and not force:
         raise OutputError(f"{out}: output file exists", hint="pass --force to overwrite it, or choose --outfile")
+    if not dry_run and not out.parent.is_dir():  # checked before calibrating, which works in that directory
+        raise OutputError(f"{out.parent}: output directory does not exist")
     if save_imatrix is not None and save_imatrix.resolve() == out.resolve():
         raise OutputError(f"--save-imatrix {save_imatrix} is the output file")
 
