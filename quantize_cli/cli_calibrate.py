@@ -31,9 +31,9 @@ def imatrix_cmd(
     json_out: bool = JsonOpt,
 ) -> None:
     """Compute an importance matrix (llama-imatrix's statistics and file formats) on a text."""
-    from quantize_cli.calibration.imatrix_writer import FORMATS, merge_files, write_imatrix
+    from quantize_cli.calibration.imatrix_writer import FORMATS, format_for, merge_files, write_imatrix
 
-    fmt = (fmt or ("dat" if outfile.suffix.lower() == ".dat" else "gguf")).lower()
+    fmt = (fmt or format_for(outfile)).lower()
     if fmt not in FORMATS:
         raise OptionError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     if outfile.exists() and not force:
@@ -66,17 +66,27 @@ def imatrix_cmd(
 
 def _collect(model_arg: str, text: Path, *, ctx: int, chunks: int | None, stats, process_output: bool,
              threads: int, revision: str | None, outdir: Path):
-    from quantize_cli.calibration.collect import calibrate
     from quantize_cli.hub import resolve_model
 
     resolved = resolve_model(model_arg, revision=revision)
     ui.info(f"[bold]{resolved.path}[/]: importance matrix over {text}, context {ctx}, {threads} threads")
-    with ui.chunk_progress() as on_chunk:
-        result = calibrate(resolved.path, text, n_ctx=ctx, n_chunk=chunks, process_output=process_output,
-                           previous=stats, threads=threads, workdir=outdir, on_chunk=on_chunk, on_status=ui.info)
-    ui.info(f"{result.n_chunk} chunks, {result.n_chunk * ctx} tokens in {result.seconds:.1f} s "
-            f"({result.n_chunk * ctx / max(result.seconds, 1e-9):.0f} tokens/s)")
+    result = _run_calibration(resolved.path, text, ctx=ctx, chunks=chunks, previous=stats,
+                              process_output=process_output, threads=threads, workdir=outdir)
     return result.stats, result.n_chunk * ctx
+
+
+def _run_calibration(model_path: Path, text: Path, *, ctx: int, chunks: int | None, threads: int, workdir: Path,
+                     **options):
+    """calibration.collect.calibrate with the chunk progress bar and a tokens/s summary line."""
+    from quantize_cli.calibration.collect import calibrate
+
+    with ui.chunk_progress() as on_chunk:
+        result = calibrate(model_path, text, n_ctx=ctx, n_chunk=chunks, threads=threads, workdir=workdir,
+                           on_chunk=on_chunk, on_status=ui.info, **options)
+    n_tokens = result.n_chunk * ctx
+    ui.info(f"{result.n_chunk} chunks, {n_tokens} tokens in {result.seconds:.1f} s "
+            f"({n_tokens / max(result.seconds, 1e-9):.0f} tokens/s)")
+    return result
 
 
 def calibrate_for_convert(model_path: Path, text: Path, *, ctx: int, chunks: int | None, hessians: bool,
@@ -85,25 +95,20 @@ def calibrate_for_convert(model_path: Path, text: Path, *, ctx: int, chunks: int
     matrix the planner takes; the same one `qconvert imatrix` then `--imatrix FILE` would give (when
     saved, the file is read back, exactly as --imatrix reads it). hessians: also collect H = X^T X
     for --optimize (inputs up to MAX_HESSIAN_INPUTS wide). Returns (imatrix, stats, JSON report)."""
-    from quantize_cli.calibration.collect import calibrate as run_calibration
     from quantize_cli.calibration.collect import hessians_up_to
-    from quantize_cli.calibration.imatrix_writer import write_imatrix
+    from quantize_cli.calibration.imatrix_writer import format_for, write_imatrix
     from quantize_cli.formats.imatrix import load_imatrix
 
     ui.info(f"[bold]{model_path}[/]: calibrating on {text}, context {ctx}, {threads} threads"
             + (", with second moments for --optimize" if hessians else ""))
-    with ui.chunk_progress() as on_chunk:
-        result = run_calibration(model_path, text, n_ctx=ctx, n_chunk=chunks,
-                                 hessians=hessians_up_to() if hessians else False, threads=threads,
-                                 workdir=workdir, on_chunk=on_chunk, on_status=ui.info)
+    result = _run_calibration(model_path, text, ctx=ctx, chunks=chunks, threads=threads, workdir=workdir,
+                              hessians=hessians_up_to() if hessians else False)
     n_tokens = result.n_chunk * ctx
-    ui.info(f"{result.n_chunk} chunks, {n_tokens} tokens in {result.seconds:.1f} s "
-            f"({n_tokens / max(result.seconds, 1e-9):.0f} tokens/s)")
     report = {"calibration": {"text": str(text), "ctx": ctx, "chunks": result.n_chunk, "tokens": n_tokens,
                               "seconds": round(result.seconds, 3)}}
     if save_imatrix is None:
         return result.stats.importance_matrix(str(text)), result.stats, report
-    fmt = "dat" if save_imatrix.suffix.lower() == ".dat" else "gguf"
+    fmt = format_for(save_imatrix)
     write_imatrix(result.stats, save_imatrix, fmt=fmt)
     ui.info(f"wrote {save_imatrix} ({fmt}): {len(result.stats.sums)} entries")
     report["calibration"]["imatrix"] = str(save_imatrix)

@@ -24,6 +24,11 @@ from quantize_cli.formats.kv import KV, kv_array, kv_str, kv_u32
 FORMATS = ("gguf", "dat")
 
 
+def format_for(path: Path) -> str:
+    """The format a file name implies: "dat" for a .dat file (llama-imatrix's legacy format), else "gguf"."""
+    return "dat" if Path(path).suffix.lower() == ".dat" else "gguf"
+
+
 def _sorted_names(stats: ActivationStats) -> list[str]:
     return sorted(stats.sums, key=lambda n: n.encode("utf-8"))  # std::sort on std::string: bytewise
 
